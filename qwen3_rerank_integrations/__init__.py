@@ -1,0 +1,67 @@
+"""Qwen3-Reranker for LangChain and LlamaIndex: exact official scores, locally or from a vLLM server.
+
+Backends (both implement :class:`Scorer`):
+
+- :class:`LocalScorer` runs the model in-process with transformers (Ascend NPU, CUDA, MPS or CPU);
+- :class:`VLLMScorer` calls a vLLM server's ``/v1/rerank``.
+
+Adapters live in :mod:`qwen3_rerank_integrations.langchain` and :mod:`qwen3_rerank_integrations.llama_index`.
+Backends are imported lazily, so ``import qwen3_rerank_integrations`` pulls in neither torch nor httpx.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    DeviceNotAvailableError,
+    InvalidResponseError,
+    ModelLoadError,
+    RateLimitError,
+    RemoteError,
+    RerankError,
+    RouteNotFoundError,
+    ServerConnectionError,
+    ServerError,
+    ServerResponseError,
+    ServerTimeoutError,
+)
+from .prompt import DEFAULT_INSTRUCTION
+from .scorer import Scorer
+
+if TYPE_CHECKING:
+    from .local import LocalScorer
+    from .vllm import VLLMScorer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LocalScorer",
+    "VLLMScorer",
+    "Scorer",
+    "DEFAULT_INSTRUCTION",
+    "RerankError",
+    "ModelLoadError",
+    "DeviceNotAvailableError",
+    "RemoteError",
+    "ServerConnectionError",
+    "ServerTimeoutError",
+    "ServerResponseError",
+    "BadRequestError",
+    "AuthenticationError",
+    "RouteNotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "InvalidResponseError",
+]
+
+_LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,90 @@
+"""The package's one exception hierarchy.
+
+Every fault the package raises on purpose is a :class:`RerankError`, so callers can catch one type.
+Bad *arguments* are the exception: they raise the built-in ``TypeError``/``ValueError`` (naming the
+argument) before any model or network work, as Python code is expected to.
+
+Remote errors carry the HTTP status and the server's own message, never the request's headers, so an
+API key cannot leak through ``str(exc)`` or a log line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RerankError",
+    "ModelLoadError",
+    "DeviceNotAvailableError",
+    "RemoteError",
+    "ServerConnectionError",
+    "ServerTimeoutError",
+    "ServerResponseError",
+    "BadRequestError",
+    "AuthenticationError",
+    "RouteNotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "InvalidResponseError",
+]
+
+
+class RerankError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelLoadError(RerankError):
+    """The reranker model or tokenizer could not be loaded (missing, unreachable, or not a Qwen3 CausalLM)."""
+
+
+class DeviceNotAvailableError(RerankError):
+    """An explicitly requested device (``"npu:1"``, ``"cuda"``, ``"mps"``...) is not available here."""
+
+
+class RemoteError(RerankError):
+    """A fault talking to a remote rerank server."""
+
+
+class ServerConnectionError(RemoteError):
+    """The server could not be reached (refused connection, DNS failure, TLS failure), after retries."""
+
+
+class ServerTimeoutError(RemoteError):
+    """The server did not answer within the timeout, after retries."""
+
+
+class ServerResponseError(RemoteError):
+    """The server answered with an HTTP error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        server_message: the ``message`` the server put in its error body (or the raw body when it sent none).
+    """
+
+    def __init__(self, message: str, *, status_code: int, server_message: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.server_message = server_message
+
+
+class BadRequestError(ServerResponseError):
+    """HTTP 400/422: the server rejected the request (for example an input over its context length)."""
+
+
+class AuthenticationError(ServerResponseError):
+    """HTTP 401/403: the API key was missing or rejected."""
+
+
+class RouteNotFoundError(ServerResponseError):
+    """HTTP 404: the route does not exist (a vLLM server not started in pooling/score mode)."""
+
+
+class RateLimitError(ServerResponseError):
+    """HTTP 429 after retries."""
+
+
+class ServerError(ServerResponseError):
+    """HTTP 5xx after retries (or at once for statuses that are not worth retrying)."""
+
+
+class InvalidResponseError(RemoteError):
+    """The server answered 2xx but the body is not a valid rerank result (not JSON, an index missing or
+    repeated, a score that is not a finite number)."""

