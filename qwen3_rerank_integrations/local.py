@@ -92,8 +92,13 @@ class LocalScorer(BaseModel):
     _torch_device: Any = PrivateAttr(None)
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
 
-    def __init__(self, model: str = DEFAULT_MODEL, /, **data: Any) -> None:
-        super().__init__(model=model, **data)
+    def __init__(self, model: str | None = None, /, **data: Any) -> None:
+        # Lets `model` be positional, as in CrossEncoder("..."), on top of pydantic's keyword-only init.
+        if model is not None:
+            if "model" in data:
+                raise TypeError("LocalScorer() got the model both positionally and as model=")
+            data["model"] = model
+        super().__init__(**data)
 
     # ----------------------------------------------------------------------------------------- scoring
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:

@@ -1,0 +1,277 @@
+"""LocalScorer equals the official method (tests/reference.py) to 1e-5 in fp32 on every path."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from qwen3_rerank_integrations import LocalScorer, ModelLoadError
+from qwen3_rerank_integrations.prompt import PromptEncoder
+from tests.reference import official_input_ids, reference_scores, format_instruction
+
+QUERY = "What is the capital of China?"
+TOLERANCE = 1e-5
+
+
+def assert_close(actual: list[float], expected: list[float]) -> None:
+    assert len(actual) == len(expected)
+    worst = max(abs(a - b) for a, b in zip(actual, expected))
+    assert worst <= TOLERANCE, f"max abs diff {worst:.2e} > {TOLERANCE}: {actual} vs {expected}"
+
+
+def test_batched_equals_reference(local_scorer, reference_model, documents):
+    assert_close(local_scorer.score(QUERY, documents), reference_scores(*reference_model, QUERY, documents))
+
+
+def test_scores_are_distinct_probabilities(local_scorer, documents):
+    # Guards the fixture: parity on constant scores would prove nothing.
+    scores = local_scorer.score(QUERY, documents)
+    assert all(0.0 < s < 1.0 for s in scores)
+    assert len({round(s, 6) for s in scores}) >= len(set(documents)) - 1
+
+
+def test_single_document_calls_equal_batched(local_scorer, documents):
+    batched = local_scorer.score(QUERY, documents)
+    single = [local_scorer.score(QUERY, [doc])[0] for doc in documents]
+    assert_close(single, batched)
+
+
+def test_any_order_gives_each_document_its_own_score(local_scorer, documents):
+    expected = dict(zip(documents, local_scorer.score(QUERY, documents)))
+    for seed in range(3):
+        shuffled = documents[:]
+        random.Random(seed).shuffle(shuffled)
+        assert_close(local_scorer.score(QUERY, shuffled), [expected[d] for d in shuffled])
+
+
+def test_tiny_batches_equal_one_big_batch(tiny_model_dir, local_scorer, documents):
+    # One document per forward pass vs everything in one padded batch.
+    one_by_one = LocalScorer(str(tiny_model_dir), device="cpu", batch_size=1)
+    assert_close(one_by_one.score(QUERY, documents), local_scorer.score(QUERY, documents))
+
+
+def test_duplicates_score_identically(local_scorer):
+    scores = local_scorer.score(QUERY, ["Beijing.", "Paris.", "Beijing.", "Beijing."])
+    assert scores[0] == pytest.approx(scores[2], abs=TOLERANCE) == pytest.approx(scores[3], abs=TOLERANCE)
+
+
+def test_custom_instruction_per_call_and_default(tiny_model_dir, local_scorer, reference_model, documents):
+    instruction = "Given a question, find passages in Chinese that answer it"
+    per_call = local_scorer.score(QUERY, documents, instruction=instruction)
+    assert_close(per_call, reference_scores(*reference_model, QUERY, documents, instruction=instruction))
+    assert per_call != local_scorer.score(QUERY, documents)
+    scorer_default = LocalScorer(str(tiny_model_dir), device="cpu", instruction=instruction)
+    assert_close(scorer_default.score(QUERY, documents), per_call)
+
+
+def test_truncated_documents_equal_reference(tiny_model_dir, reference_model, qwen_tokenizer_dir):
+    max_length = 96
+    long_docs = [
+        "Beijing " * 200,
+        "北京是中华人民共和国的首都，" * 40,
+        "emoji 🚀🔥 " * 60,
+        "short",
+        "",
+    ]
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu", max_length=max_length)
+    expected = reference_scores(*reference_model, QUERY, long_docs, max_length=max_length)
+    assert_close(scorer.score(QUERY, long_docs), expected)
+    # The reference really cut them, keeping the suffix: every long prompt is exactly max_length tokens.
+    tokenizer = reference_model[1]
+    ids = official_input_ids(tokenizer, [format_instruction(None, QUERY, d) for d in long_docs], max_length)
+    assert [len(x) for x in ids[:3]] == [max_length] * 3
+    assert all(x[-9:] == [151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271] for x in ids)
+
+
+def test_encoder_ids_equal_official_ids(reference_model, documents):
+    model, tokenizer = reference_model
+    encoder = PromptEncoder(tokenizer, max_length=96)
+    instruction = "Given a web search query, retrieve relevant passages that answer the query"
+    got = encoder.encode(QUERY, documents + ["x " * 100], instruction)
+    pairs = [format_instruction(None, QUERY, d) for d in documents + ["x " * 100]]
+    assert got.ids == official_input_ids(tokenizer, pairs, 96)
+    assert got.truncated[-1] and not got.truncated[0]
+
+
+async def test_ascore_equals_score_and_runs_concurrently(local_scorer, documents):
+    expected = local_scorer.score(QUERY, documents)
+    results = await asyncio.gather(*(local_scorer.ascore(QUERY, documents) for _ in range(4)))
+    for result in results:
+        assert_close(result, expected)
+
+
+async def test_ascore_does_not_block_the_event_loop(local_scorer, documents):
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    await local_scorer.ascore(QUERY, documents * 10)
+    task.cancel()
+    assert ticks > 1
+
+
+def test_empty_documents_load_nothing(tiny_model_dir):
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu")
+    assert scorer.score(QUERY, []) == []
+    assert not scorer.loaded
+
+
+def test_lazy_loading_and_repr(tiny_model_dir):
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu")
+    assert not scorer.loaded
+    scorer.score(QUERY, ["a"])
+    assert scorer.loaded
+    assert "LocalScorer(" in repr(scorer) and str(tiny_model_dir) in repr(scorer)
+
+
+def test_model_is_positional_or_keyword(tiny_model_dir):
+    assert LocalScorer(str(tiny_model_dir)).model == LocalScorer(model=str(tiny_model_dir)).model
+
+
+def test_loaded_in_inference_mode_with_sdpa_and_pad_token(local_scorer):
+    assert local_scorer._model.config._attn_implementation == "sdpa"
+    assert local_scorer._encoder.tokenizer.pad_token == "<|endoftext|>"
+    assert not local_scorer._model.training
+
+
+def test_oom_backs_off_and_retries(tiny_model_dir, local_scorer, documents, monkeypatch):
+    import torch
+
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
+    real_forward = scorer._forward
+    capacity = 3 * max(len(ids) for ids in scorer._encoder.encode(QUERY, documents, "i").ids)
+    padded_sizes: list[int] = []
+
+    def flaky_forward(batch):  # a device that holds `capacity` padded tokens per pass
+        padded = len(batch) * max(len(x) for x in batch)
+        padded_sizes.append(padded)
+        if padded > capacity:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(batch)
+
+    monkeypatch.setattr(LocalScorer, "_forward", lambda self, batch: flaky_forward(batch))
+    assert_close(scorer.score(QUERY, documents), local_scorer.score(QUERY, documents))
+    assert padded_sizes[0] > capacity  # the first pass did run out of memory
+    assert sum(size <= capacity for size in padded_sizes) >= 2  # and the rest went through in smaller batches
+
+
+def test_oom_on_a_single_prompt_is_a_rerank_error(tiny_model_dir, monkeypatch):
+    import torch
+
+    from qwen3_rerank_integrations import RerankError
+
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
+
+    def always_oom(batch):
+        raise torch.OutOfMemoryError("NPU out of memory")
+
+    monkeypatch.setattr(LocalScorer, "_forward", lambda self, batch: always_oom(batch))
+    with pytest.raises(RerankError, match="out of memory"):
+        scorer.score(QUERY, ["a"])
+
+
+def test_non_oom_runtime_errors_propagate(tiny_model_dir, monkeypatch):
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
+
+    def broken(batch):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(LocalScorer, "_forward", lambda self, batch: broken(batch))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        scorer.score(QUERY, ["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def test_missing_local_folder_says_what_was_tried(tmp_path):
+    scorer = LocalScorer(str(tmp_path / "nope" / "model"))
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        scorer.score(QUERY, ["a"])
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        LocalScorer(str(tmp_path)).load()
+
+
+def test_unreachable_hub_names_sources_and_fix():
+    scorer = LocalScorer("Qwen/Qwen3-Reranker-does-not-exist", local_files_only=True)
+    with pytest.raises(ModelLoadError) as info:
+        scorer.score(QUERY, ["a"])
+    message = str(info.value)
+    assert "Hugging Face hub" in message and "local folder" in message and "modelscope" in message
+
+
+def test_modelscope_source_without_package(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_modelscope(name, *args, **kwargs):
+        if name == "modelscope":
+            raise ImportError("No module named 'modelscope'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_modelscope)
+    with pytest.raises(ModelLoadError, match="pip install modelscope"):
+        LocalScorer("Qwen/Qwen3-Reranker-0.6B", source="modelscope").load()
+
+
+def test_modelscope_source_downloads_then_loads(monkeypatch, tiny_model_dir):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("modelscope")
+
+    def snapshot_download(model_id, revision=None, cache_dir=None):
+        calls.append(model_id)
+        return str(tiny_model_dir)
+
+    fake.snapshot_download = snapshot_download
+    monkeypatch.setitem(sys.modules, "modelscope", fake)
+    scorer = LocalScorer("Qwen/Qwen3-Reranker-0.6B", source="modelscope", device="cpu")
+    assert scorer.score(QUERY, ["Beijing"])[0] > 0
+    assert calls and calls[0] == "Qwen/Qwen3-Reranker-0.6B"
+
+
+def test_not_a_qwen3_causal_lm(tmp_path, minilm_dir):
+    import shutil
+
+    shutil.copytree(minilm_dir, tmp_path / "minilm")
+    with pytest.raises(ModelLoadError, match="not a Qwen3"):
+        LocalScorer(str(tmp_path / "minilm"), device="cpu").load()
+
+
+def test_sequence_classification_conversion_is_refused(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    target = tmp_path / "seqcls"
+    shutil.copytree(tiny_model_dir, target)
+    config = json.loads((target / "config.json").read_text())
+    config["architectures"] = ["Qwen3ForSequenceClassification"]
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="sequence-classification"):
+        LocalScorer(str(target), device="cpu").load()
+
+
+def test_pickle_weights_are_never_loaded(tmp_path, tiny_model_dir):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    target = tmp_path / "binonly"
+    shutil.copytree(tiny_model_dir, target)
+    state = load_file(str(target / "model.safetensors"))
+    torch.save(state, target / "pytorch_model.bin")
+    (target / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="weights"):
+        LocalScorer(str(target), device="cpu").load()
