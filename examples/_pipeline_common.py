@@ -1,0 +1,233 @@
+"""What the two-stage examples share: the bundled corpus, the command-line flags, the reranker backend, the table.
+
+The examples stay short by leaving this plumbing here; the retrieval pipelines themselves (the part worth
+reading) live in ``langchain_two_stage.py`` and ``llama_index_two_stage.py``.
+
+Heavy libraries (torch, transformers, LangChain, LlamaIndex) are imported inside the functions that need them,
+so a bad flag is reported in a fraction of a second, before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from qwen3_rerank_integrations import Scorer
+
+CORPUS_PATH = Path(__file__).with_name("corpus.jsonl")
+DEFAULT_EMBED_MODEL = "BAAI/bge-small-en-v1.5"
+DEFAULT_RERANK_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+DEFAULT_QUERY = "How do I protect my server from attackers?"
+# The variable VLLMScorer reads when api_key is not given; the key never goes on the command line, where
+# `ps` and shell history would show it.
+API_KEY_ENV = "VLLM_API_KEY"
+
+
+class UsageError(ValueError):
+    """A flag that cannot work; reported as one line, before any model is loaded."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One passage of the bundled corpus."""
+
+    id: str
+    lang: str
+    topic: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RankedPassage:
+    """One row of the result: the passage, its first-stage (embedding) score and its rerank score."""
+
+    text: str
+    retrieval_score: float
+    rerank_score: float
+    id: str | None = None
+
+
+def load_corpus(path: str | os.PathLike[str] = CORPUS_PATH) -> list[Passage]:
+    """Read a JSON-lines corpus with ``id``, ``lang``, ``topic`` and ``text`` on every line."""
+    passages = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    passages.append(Passage(**json.loads(line)))
+                except (json.JSONDecodeError, TypeError) as exc:
+                    raise UsageError(f"{path}, line {number}: not a passage ({exc})") from exc
+    return passages
+
+
+# ------------------------------------------------------------------------------------------------ flags
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every two-stage example takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--query", default=DEFAULT_QUERY, help=f"what to search for (default: {DEFAULT_QUERY!r})")
+    parser.add_argument("--top-k", type=int, default=20, help="passages the embedding retriever fetches (default 20)")
+    parser.add_argument("--top-n", type=int, default=5, help="passages the reranker keeps (default 5)")
+    parser.add_argument(
+        "--embed-model", default=DEFAULT_EMBED_MODEL,
+        help=f"first-stage embedder: a sentence-transformers id or folder (default {DEFAULT_EMBED_MODEL}; for "
+        "Chinese-heavy data try BAAI/bge-small-zh-v1.5 or BAAI/bge-m3)",
+    )
+    add_reranker_flags(parser)
+    return parser
+
+
+def add_reranker_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and configure the reranker backend (also used by the web page)."""
+    parser.add_argument("--backend", choices=("local", "vllm"), default="local",
+                        help="run the reranker in this process (local) or call a vLLM server (vllm)")
+    parser.add_argument(
+        "--rerank-model", default=None,
+        help=f"local: a Qwen3-Reranker hub id or folder (default {DEFAULT_RERANK_MODEL}); "
+        "vllm: the served model name (default: the server's only model)",
+    )
+    parser.add_argument("--device", default="auto",
+                        help="local backend: auto (NPU > CUDA > MPS > CPU), npu[:N], cuda[:N], mps or cpu")
+    parser.add_argument("--base-url", default=None, help="vllm backend: the server, e.g. http://localhost:8000")
+    parser.add_argument(
+        "--template", choices=("client", "server"), default="client",
+        help="vllm backend: 'client' formats the Qwen3 prompt here (a server without a score template); "
+        "'server' sends raw text (a server started with the qwen3_reranker chat template)",
+    )
+    parser.add_argument("--instruction", default=None,
+                        help="task instruction for the reranker (default: the model card's web-search one)")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse and check the flags; a flag that cannot work raises :class:`UsageError` naming it."""
+    args = parser.parse_args(argv)
+    if not args.query.strip():
+        raise UsageError("--query must not be empty")
+    for flag in ("top_k", "top_n"):
+        if getattr(args, flag, 1) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    check_reranker_args(args)
+    if hasattr(args, "embed_model"):
+        _check_model_location("--embed-model", args.embed_model)
+    return args
+
+
+def check_reranker_args(args: argparse.Namespace) -> None:
+    """Check the backend flags before anything is loaded or contacted."""
+    if args.instruction is not None and not args.instruction.strip():
+        raise UsageError("--instruction must not be empty; leave it out for the default instruction")
+    if args.backend == "local":
+        _check_model_location("--rerank-model", args.rerank_model or DEFAULT_RERANK_MODEL)
+    elif not args.base_url:
+        raise UsageError("--backend vllm needs --base-url, e.g. --base-url http://localhost:8000")
+    if args.base_url and not args.base_url.startswith(("http://", "https://")):
+        raise UsageError(f"--base-url must start with http:// or https://, got {args.base_url!r}")
+
+
+def _check_model_location(flag: str, value: str) -> None:
+    """A value that is clearly a path (absolute, ./, ~, or more than one '/') must be an existing folder;
+    anything else is left to the hub (``org/name``)."""
+    expanded = os.path.expanduser(value)
+    if os.path.isdir(expanded):
+        return
+    if os.path.exists(expanded):
+        raise UsageError(f"{flag} {value!r} is a file; pass the model's folder or a hub id")
+    if expanded.startswith((".", "/", "~")) or expanded.count("/") > 1 or "\\" in expanded:
+        raise UsageError(f"{flag} {value!r}: no such folder")
+
+
+# ------------------------------------------------------------------------------------------------ backend
+def build_scorer(args: argparse.Namespace) -> Scorer:
+    """The reranker backend the flags ask for: a :class:`LocalScorer` or a :class:`VLLMScorer`."""
+    if args.backend == "local":
+        from qwen3_rerank_integrations import LocalScorer
+
+        return LocalScorer(args.rerank_model or DEFAULT_RERANK_MODEL, device=args.device, instruction=args.instruction)
+    from qwen3_rerank_integrations import VLLMScorer
+
+    return VLLMScorer(
+        args.base_url, model=args.rerank_model, api_key=os.environ.get(API_KEY_ENV) or None,
+        template=args.template, instruction=args.instruction,
+    )
+
+
+def prepare_scorer(scorer: Scorer) -> None:
+    """Fail early: load a local model, or check that a vLLM server answers and serves a reranker, before the
+    (slower) first stage is built."""
+    load = getattr(scorer, "load", None)
+    if load is not None:
+        load()
+        return
+    check = getattr(scorer, "check", None)
+    if check is not None:
+        report = check()
+        problems = [str(p) for p in (getattr(report, "problems", None) or [])]
+        if getattr(report, "ok", True) is False:
+            raise UsageError(f"the vLLM server at {getattr(scorer, 'base_url', '?')} is not usable: "
+                             + ("; ".join(problems) or str(report)))
+
+
+def describe_backend(args: argparse.Namespace) -> str:
+    """A short phrase for the table header, e.g. ``Qwen/Qwen3-Reranker-0.6B (local, device auto)``."""
+    if args.backend == "local":
+        return f"{args.rerank_model or DEFAULT_RERANK_MODEL} (local, device {args.device})"
+    return f"{args.rerank_model or 'the served model'} (vLLM at {args.base_url}, {args.template} template)"
+
+
+# ------------------------------------------------------------------------------------------------ output
+def print_table(rows: Sequence[RankedPassage], *, file: TextIO | None = None, width: int | None = None) -> None:
+    """Print rank, retrieval score, rerank score and text, one row per line, cutting text to the terminal."""
+    out = file or sys.stdout
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    header = f"{'rank':>4}  {'retrieval':>9}  {'rerank':>6}  text"
+    print(header, file=out)
+    print("-" * min(width, 100), file=out)
+    text_width = max(20, width - len(header) + len("text"))
+    for rank, row in enumerate(rows, start=1):
+        print(f"{rank:>4}  {row.retrieval_score:>9.4f}  {row.rerank_score:>6.4f}  "
+              f"{fit_to_width(row.text, text_width)}", file=out)
+
+
+def fit_to_width(text: str, width: int) -> str:
+    """Cut ``text`` to ``width`` terminal columns (CJK characters take two), ending a cut with an ellipsis."""
+    text = " ".join(text.split())
+    columns = 0
+    for index, char in enumerate(text):
+        columns += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        if columns > width - 1:
+            return text[:index] + "…"
+    return text
+
+
+def print_report(args: argparse.Namespace, rows: Sequence[RankedPassage]) -> None:
+    """The query, what ran both stages, and the table."""
+    print(f"Query: {args.query}")
+    print(f"Top {args.top_k} by {args.embed_model}, reranked by {describe_backend(args)}:\n")
+    print_table(rows)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run an example's body; expected failures (bad flags, a model that will not load, a server that does not
+    answer) print one line to stderr and return 1, instead of a traceback."""
+    from qwen3_rerank_integrations import RerankError
+
+    program = os.path.basename(sys.argv[0])
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except (RerankError, OSError, ValueError) as exc:
+        # ValueError: UsageError and the package's own argument checks (e.g. an unknown --device);
+        # OSError: what transformers/sentence-transformers raise for a model they cannot find or download.
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{program}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
