@@ -1,0 +1,248 @@
+"""Qwen3RerankCompressor in real LangChain pipelines, offline: MiniLM embeddings in an InMemoryVectorStore,
+a ContextualCompressionRetriever and LCEL chains, with scores checked against the official method."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.documents import Document
+from langchain_core.prompts import PromptTemplate
+from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+from langchain_core.vectorstores import InMemoryVectorStore
+from pydantic import ValidationError
+
+from qwen3_rerank_integrations import LocalScorer, RerankError, ServerError
+from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
+from tests.adapter_helpers import (
+    CORPUS,
+    QUERY,
+    RETRIEVE_K,
+    RecordingScorer,
+    ScriptedScorer,
+    assert_close,
+    expected_ranking,
+    heavy_modules_after_import,
+)
+
+
+@pytest.fixture(scope="module")
+def base_retriever(minilm_dir):
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    store = InMemoryVectorStore(HuggingFaceEmbeddings(model_name=str(minilm_dir)))
+    store.add_documents([Document(text, metadata=meta, id=f"doc-{i}") for i, (text, meta) in enumerate(CORPUS)])
+    return store.as_retriever(search_kwargs={"k": RETRIEVE_K})
+
+
+@pytest.fixture(scope="module")
+def retrieved(base_retriever) -> list[Document]:
+    docs = base_retriever.invoke(QUERY)
+    assert len(docs) == RETRIEVE_K
+    return docs
+
+
+@pytest.fixture(scope="module")
+def reference(retrieved, reference_scorer) -> list[float]:
+    """The official scores of the retrieved documents, in retrieval order."""
+    return reference_scorer.score(QUERY, [d.page_content for d in retrieved])
+
+
+def check_reranked(result, retrieved, reference, top_n, threshold=None) -> None:
+    """result is exactly the reference ranking of retrieved: same documents, order, scores and metadata."""
+    positions = expected_ranking(reference, top_n, threshold)
+    assert [d.id for d in result] == [retrieved[i].id for i in positions]
+    assert [d.page_content for d in result] == [retrieved[i].page_content for i in positions]
+    assert_close([d.metadata["relevance_score"] for d in result], [reference[i] for i in positions])
+    for doc, i in zip(result, positions):
+        assert {k: v for k, v in doc.metadata.items() if k != "relevance_score"} == retrieved[i].metadata
+
+
+# ------------------------------------------------------------------------------------------- pipelines
+def test_contextual_compression_retriever_matches_reference(base_retriever, local_scorer, retrieved, reference):
+    retriever = ContextualCompressionRetriever(
+        base_compressor=Qwen3RerankCompressor(scorer=local_scorer), base_retriever=base_retriever
+    )
+    result = retriever.invoke(QUERY)
+    assert len(result) == 3  # top_n defaults to 3
+    check_reranked(result, retrieved, reference, top_n=3)
+    # Guards the test: the reranker must actually reorder what the retriever returned.
+    assert [d.id for d in result] != [d.id for d in retrieved[:3]]
+
+
+async def test_async_retriever_awaits_ascore_and_equals_sync(base_retriever, local_scorer, retrieved, reference):
+    spy = RecordingScorer(local_scorer)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=Qwen3RerankCompressor(scorer=spy, top_n=4), base_retriever=base_retriever
+    )
+    result = await retriever.ainvoke(QUERY)
+    assert [call[0] for call in spy.calls] == ["ascore"]  # natively async: no sync score() on a thread
+    check_reranked(result, retrieved, reference, top_n=4)
+    assert [d.metadata for d in result] == [d.metadata for d in retriever.invoke(QUERY)]
+
+
+async def test_lcel_chain_sync_and_async(base_retriever, local_scorer, retrieved, reference):
+    reranker = Qwen3RerankCompressor(scorer=local_scorer, top_n=2)
+    retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
+    prompt = PromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
+    chain = (
+        {"context": retriever | (lambda docs: "\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}
+        | prompt
+        | (lambda value: value.to_string())
+    )
+    best = [retrieved[i].page_content for i in expected_ranking(reference, 2)]
+    expected = "Context:\n" + "\n".join(best) + f"\n\nQuestion: {QUERY}"
+    assert chain.invoke(QUERY) == expected
+    assert await chain.ainvoke(QUERY) == expected
+
+
+async def test_compressor_as_a_runnable_step(base_retriever, local_scorer, retrieved, reference):
+    # Reranking documents that come from any step, not only a retriever (the README's RunnableLambda form).
+    reranker = Qwen3RerankCompressor(scorer=local_scorer, top_n=None)
+    step = RunnableLambda(
+        lambda x: reranker.compress_documents(x["documents"], x["query"]),
+        afunc=lambda x: reranker.acompress_documents(x["documents"], x["query"]),
+    )
+    chain = {"documents": base_retriever, "query": RunnablePassthrough()} | step
+    check_reranked(chain.invoke(QUERY), retrieved, reference, top_n=None)
+    check_reranked(await chain.ainvoke(QUERY), retrieved, reference, top_n=None)
+
+
+# ------------------------------------------------------------------------------------------- behaviour
+def test_inputs_never_mutated_and_outputs_are_new(local_scorer, retrieved):
+    before = copy.deepcopy(retrieved)
+    result = Qwen3RerankCompressor(scorer=local_scorer, top_n=None).compress_documents(retrieved, QUERY)
+    assert retrieved == before
+    assert all("relevance_score" not in d.metadata for d in retrieved)
+    assert not any(out is doc or out.metadata is doc.metadata for out in result for doc in retrieved)
+
+
+@pytest.mark.parametrize("top_n", [None, 1, 2, 100])
+def test_threshold_and_top_n(local_scorer, retrieved, reference, top_n):
+    ordered = sorted(reference)
+    middle = len(ordered) // 2
+    threshold = (ordered[middle - 1] + ordered[middle]) / 2  # between two scores: half pass, no rounding edge
+    reranker = Qwen3RerankCompressor(scorer=local_scorer, top_n=top_n, score_threshold=threshold)
+    result = reranker.compress_documents(retrieved, QUERY)
+    check_reranked(result, retrieved, reference, top_n=top_n, threshold=threshold)
+    assert all(d.metadata["relevance_score"] >= threshold for d in result)
+
+
+def test_instruction_reaches_the_scorer(local_scorer, reference_scorer, retrieved):
+    instruction = "Given a geography question, retrieve passages naming the city asked for"
+    texts = [d.page_content for d in retrieved]
+    expected = reference_scorer.score(QUERY, texts, instruction=instruction)
+    assert max(abs(a - b) for a, b in zip(expected, reference_scorer.score(QUERY, texts))) > 1e-4
+    ranked = Qwen3RerankCompressor(scorer=local_scorer, top_n=None, instruction=instruction).rerank(texts, QUERY)
+    assert [r["index"] for r in ranked] == expected_ranking(expected, None)
+    assert_close([r["relevance_score"] for r in ranked], [expected[r["index"]] for r in ranked])
+
+
+async def test_rerank_accepts_texts_and_documents(local_scorer, retrieved, reference):
+    reranker = Qwen3RerankCompressor(scorer=local_scorer, top_n=3)
+    mixed = [d.page_content if i % 2 else d for i, d in enumerate(retrieved)]
+    for ranked in (reranker.rerank(mixed, QUERY), await reranker.arerank(mixed, QUERY)):
+        assert [r["index"] for r in ranked] == expected_ranking(reference, 3)
+        assert_close([r["relevance_score"] for r in ranked], [reference[r["index"]] for r in ranked])
+
+
+async def test_ties_keep_input_order():
+    docs = [Document(f"d{i}", id=str(i)) for i in range(5)]
+    reranker = Qwen3RerankCompressor(scorer=ScriptedScorer([0.5, 0.9, 0.5, 0.9, 0.1]), top_n=None)
+    assert [d.id for d in reranker.compress_documents(docs, QUERY)] == ["1", "3", "0", "2", "4"]
+    assert [d.id for d in await reranker.acompress_documents(docs, QUERY)] == ["1", "3", "0", "2", "4"]
+
+
+async def test_empty_input_no_scorer_call():
+    scorer = ScriptedScorer(error=AssertionError("must not be called"))
+    reranker = Qwen3RerankCompressor(scorer=scorer)
+    assert reranker.compress_documents([], QUERY) == []
+    assert await reranker.acompress_documents([], QUERY) == []
+    assert reranker.rerank([], QUERY) == []
+    assert scorer.calls == 0
+
+
+# ------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("documents", "query", "error", "names"),
+    [
+        ([Document("a")], "", ValueError, "query"),
+        ([Document("a")], None, TypeError, "query"),
+        ("just a string", QUERY, TypeError, "documents"),
+        (Document("a"), QUERY, TypeError, "documents"),
+        ([Document("a"), "b"], QUERY, TypeError, "documents[1]"),
+        ([Document("a"), 3], QUERY, TypeError, "documents[1]"),
+    ],
+)
+async def test_bad_input_raises_before_scoring(documents, query, error, names):
+    scorer = ScriptedScorer(error=AssertionError("must not be called"))
+    reranker = Qwen3RerankCompressor(scorer=scorer)
+    with pytest.raises(error, match=names.replace("[", r"\[")):
+        reranker.compress_documents(documents, query)
+    with pytest.raises(error, match=names.replace("[", r"\[")):
+        await reranker.acompress_documents(documents, query)
+    assert scorer.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"scorer": object()}, "scorer"),
+        ({"scorer": ScriptedScorer(), "top_n": 0}, "top_n"),
+        ({"scorer": ScriptedScorer(), "score_threshold": 1.5}, "score_threshold"),
+        ({"scorer": ScriptedScorer(), "instruction": "  "}, "instruction"),
+        ({"scorer": ScriptedScorer(), "topn": 3}, "topn"),
+    ],
+)
+def test_bad_fields_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        Qwen3RerankCompressor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("scorer", "expected", "message"),
+    [
+        (ScriptedScorer(error=ServerError("boom", status_code=500)), ServerError, "boom"),
+        (ScriptedScorer(error=RuntimeError("device lost")), RerankError, "device lost"),
+        (ScriptedScorer([0.9]), RerankError, "1 scores for 2 documents"),
+        (ScriptedScorer([0.9, float("nan")]), RerankError, r"documents\[1\]"),
+        (ScriptedScorer([0.9, "0.1"]), RerankError, r"documents\[1\]"),
+    ],
+)
+async def test_scorer_faults_surface_as_rerank_error(scorer, expected, message):
+    reranker = Qwen3RerankCompressor(scorer=scorer)
+    docs = [Document("a"), Document("b")]
+    with pytest.raises(expected, match=message):
+        reranker.compress_documents(docs, QUERY)
+    with pytest.raises(expected, match=message):
+        await reranker.acompress_documents(docs, QUERY)
+
+
+# ------------------------------------------------------------------------------------------- construction
+def test_from_model_builds_a_lazy_local_scorer(tiny_model_dir, retrieved, reference):
+    reranker = Qwen3RerankCompressor.from_model(str(tiny_model_dir), device="cpu", dtype="float32", top_n=2)
+    assert isinstance(reranker.scorer, LocalScorer) and not reranker.scorer.loaded
+    assert (reranker.top_n, reranker.scorer.device, reranker.scorer.dtype) == (2, "cpu", "float32")
+    check_reranked(reranker.compress_documents(retrieved, QUERY), retrieved, reference, top_n=2)
+
+
+def test_from_model_rejects_unknown_and_conflicting_arguments(tiny_model_dir):
+    with pytest.raises(ValidationError, match="devise"):
+        Qwen3RerankCompressor.from_model(str(tiny_model_dir), devise="cpu")
+    with pytest.raises(TypeError, match="scorer"):
+        Qwen3RerankCompressor.from_model(str(tiny_model_dir), scorer=ScriptedScorer())
+
+
+def test_dump_names_the_scorer_only():
+    dumped = Qwen3RerankCompressor(scorer=ScriptedScorer(), top_n=5).model_dump(mode="json")
+    assert dumped == {
+        "scorer": {"class_name": "ScriptedScorer", "model": "scripted"},
+        "top_n": 5,
+        "score_threshold": None,
+        "instruction": None,
+    }
+
+
+def test_import_pulls_in_neither_torch_nor_llama_index():
+    assert heavy_modules_after_import("qwen3_rerank_integrations.langchain") == ["langchain_core"]
