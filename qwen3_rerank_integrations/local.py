@@ -6,9 +6,10 @@ the output embedding. So instead of projecting every position onto the 151,669-t
 the official snippet slow and memory-hungry) we run the decoder body and take one dot product per pair with a
 precomputed ``W[yes] − W[no]`` row, in fp32.
 
-Batches are built from length-sorted prompts under a token budget (little padding), left-padded so the last
-column is real for every row, with position ids restarted at 0 per row so a batched prompt sees exactly the
-positions it would see alone. Scores come back in input order.
+The part every prompt of a call shares (system prompt, instruction, query: ~80 tokens) is run once and its
+keys/values reused for every document. The rest is batched from length-sorted prompts under a token budget
+(little padding), right-padded after the shared part so each row keeps the positions it would have alone.
+Scores come back in input order.
 """
 
 from __future__ import annotations
@@ -261,17 +262,20 @@ class LocalScorer(BaseModel):
 
     def _score_ids(self, ids: list[list[int]]) -> list[float]:
         """Score token-id prompts in length-sorted batches; results in input order."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        scores = [0.0] * len(ids)
+        shared = _shared_prefix_length(ids)
+        prefix_cache = self._prefix_cache(ids[0][:shared]) if shared else None
+        tails = [prompt[shared:] for prompt in ids]
+        order = sorted(range(len(tails)), key=lambda i: len(tails[i]), reverse=True)
+        scores = [0.0] * len(tails)
         budget = self._batch_token_budget()
-        progress = _progress_bar(len(ids)) if self.show_progress_bar else None
+        progress = _progress_bar(len(tails)) if self.show_progress_bar else None
         start = 0
         while start < len(order):
-            longest = len(ids[order[start]])
+            longest = shared + len(tails[order[start]])
             size = max(1, min(self.batch_size, budget // longest))
             chunk = order[start : start + size]
             try:
-                batch_scores = self._forward([ids[i] for i in chunk])
+                batch_scores = self._forward([tails[i] for i in chunk], prefix_cache)
             except RuntimeError as exc:  # torch.OutOfMemoryError and NPU's OOM are RuntimeErrors
                 if not _is_out_of_memory(exc):
                     raise
@@ -293,29 +297,67 @@ class LocalScorer(BaseModel):
             progress.close()
         return scores
 
-    def _forward(self, batch: list[list[int]]) -> list[float]:
+    def _prefix_cache(self, prefix: list[int]) -> list[tuple[Any, Any]]:
+        """Keys/values of the prompt part every document shares (system prompt, instruction, query),
+        computed once per call instead of once per document."""
         import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self._model.config)
+        with torch.inference_mode():
+            self._model.base_model(
+                input_ids=torch.tensor([prefix], device=self.torch_device), past_key_values=cache, use_cache=True
+            )
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _forward(self, tails: list[list[int]], prefix_cache: list[tuple[Any, Any]] | None) -> list[float]:
+        """Scores of one batch of prompt tails that follow the cached shared prefix.
+
+        Tails are right-padded: under causal attention no real token sees a pad, and every row keeps the
+        positions it would have alone, so the last real token's state is exactly the unbatched one.
+        """
+        import torch
+        from transformers import DynamicCache
 
         assert self._encoder is not None
-        pad_id = self._encoder.tokenizer.pad_token_id
-        width = max(len(x) for x in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, prompt in enumerate(batch):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, width - len(prompt) :] = 1
-        # Left padding shifts absolute positions; restart them at 0 so a row scores as if it were alone.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         device = self.torch_device
+        width = max(len(t) for t in tails)
+        input_ids = torch.full((len(tails), width), self._encoder.tokenizer.pad_token_id, dtype=torch.long)
+        tail_mask = torch.zeros((len(tails), width), dtype=torch.long)
+        for row, tail in enumerate(tails):
+            input_ids[row, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+            tail_mask[row, : len(tail)] = 1
+        shared = prefix_cache[0][0].shape[2] if prefix_cache else 0
+        cache = None
+        if prefix_cache:
+            cache = DynamicCache(
+                [(k.expand(len(tails), -1, -1, -1), v.expand(len(tails), -1, -1, -1)) for k, v in prefix_cache],
+                config=self._model.config,
+            )
+        attention_mask = torch.cat([torch.ones((len(tails), shared), dtype=torch.long), tail_mask], dim=1)
+        position_ids = torch.arange(shared, shared + width).expand(len(tails), -1)
+        last = torch.tensor([len(t) - 1 for t in tails], device=device)
         with torch.inference_mode():
             hidden = self._model.base_model(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 position_ids=position_ids.to(device),
-                use_cache=False,
-            ).last_hidden_state[:, -1]
-            logit_diff = hidden.float() @ self._head
-            return torch.sigmoid(logit_diff).tolist()
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state
+            last_hidden = hidden[torch.arange(len(tails), device=device), last]
+            return torch.sigmoid(last_hidden.float() @ self._head).tolist()
+
+
+def _shared_prefix_length(ids: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving at least one own token per prompt."""
+    if len(ids) < 2:
+        return 0
+    first, limit = ids[0], min(len(x) for x in ids) - 1
+    length = 0
+    while length < limit and all(x[length] == first[length] for x in ids):
+        length += 1
+    return length
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

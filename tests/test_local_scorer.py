@@ -146,17 +146,19 @@ def test_oom_backs_off_and_retries(tiny_model_dir, local_scorer, documents, monk
 
     scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
     real_forward = scorer._forward
-    capacity = 3 * max(len(ids) for ids in scorer._encoder.encode(QUERY, documents, "i").ids)
     padded_sizes: list[int] = []
+    capacity = 0
 
-    def flaky_forward(batch):  # a device that holds `capacity` padded tokens per pass
-        padded = len(batch) * max(len(x) for x in batch)
+    def flaky_forward(tails, prefix):  # a device that holds `capacity` padded tokens per pass
+        nonlocal capacity
+        capacity = capacity or 3 * max(len(t) for t in tails)
+        padded = len(tails) * max(len(t) for t in tails)
         padded_sizes.append(padded)
         if padded > capacity:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_forward(batch)
+        return real_forward(tails, prefix)
 
-    monkeypatch.setattr(LocalScorer, "_forward", lambda self, batch: flaky_forward(batch))
+    monkeypatch.setattr(LocalScorer, "_forward", lambda self, tails, prefix: flaky_forward(tails, prefix))
     assert_close(scorer.score(QUERY, documents), local_scorer.score(QUERY, documents))
     assert padded_sizes[0] > capacity  # the first pass did run out of memory
     assert sum(size <= capacity for size in padded_sizes) >= 2  # and the rest went through in smaller batches
@@ -169,10 +171,10 @@ def test_oom_on_a_single_prompt_is_a_rerank_error(tiny_model_dir, monkeypatch):
 
     scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
 
-    def always_oom(batch):
+    def always_oom(self, tails, prefix):
         raise torch.OutOfMemoryError("NPU out of memory")
 
-    monkeypatch.setattr(LocalScorer, "_forward", lambda self, batch: always_oom(batch))
+    monkeypatch.setattr(LocalScorer, "_forward", always_oom)
     with pytest.raises(RerankError, match="out of memory"):
         scorer.score(QUERY, ["a"])
 
@@ -180,10 +182,10 @@ def test_oom_on_a_single_prompt_is_a_rerank_error(tiny_model_dir, monkeypatch):
 def test_non_oom_runtime_errors_propagate(tiny_model_dir, monkeypatch):
     scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
 
-    def broken(batch):
+    def broken(self, tails, prefix):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(LocalScorer, "_forward", lambda self, batch: broken(batch))
+    monkeypatch.setattr(LocalScorer, "_forward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         scorer.score(QUERY, ["a", "b"])
 
@@ -275,3 +277,10 @@ def test_pickle_weights_are_never_loaded(tmp_path, tiny_model_dir):
     (target / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="weights"):
         LocalScorer(str(target), device="cpu").load()
+
+
+def test_identical_and_prefix_sharing_documents(local_scorer, reference_model):
+    # Prompts that share everything but their last token(s) exercise the shared-prefix cache's edge.
+    docs = ["Beijing", "Beijing", "Beijing is", "Beijing is the capital"]
+    assert_close(local_scorer.score(QUERY, docs), reference_scores(*reference_model, QUERY, docs))
+    assert_close(local_scorer.score(QUERY, ["same"] * 3), local_scorer.score(QUERY, ["same"]) * 3)
