@@ -98,3 +98,41 @@ DOCUMENTS = [
 def documents() -> list[str]:
     """Mixed documents: English, Chinese, emoji, RTL, empty, whitespace, near-misses and a duplicate."""
     return list(DOCUMENTS)
+
+
+# ------------------------------------------------------------------------------ vLLM stand-ins (tests/vllm_standin.py)
+def _standin(mode: str, reference_model, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tests.vllm_standin import VLLMStandIn
+
+    # Its own tokenizer instance: the server's threads must not share one with the test thread.
+    return VLLMStandIn(mode, model=reference_model[0], tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def vllm_legacy_server(reference_model, tiny_model_dir):
+    """A loopback vLLM without a score template (older vLLM, vllm-ascend) on the tiny model, fp32: use
+    ``VLLMScorer(server.base_url, template="client")``. Faults: ``server.inject("status", status=503)`` etc.;
+    ``server.requests`` records what was sent. Reset after each test that uses it."""
+    server = _standin("legacy", reference_model, tiny_model_dir)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_template_server(reference_model, tiny_model_dir):
+    """A loopback vLLM started with the reranker --chat-template (renders the official prompt, honours
+    ``instruction``, nested errors): use ``VLLMScorer(server.base_url, template="server")``."""
+    server = _standin("template", reference_model, tiny_model_dir)
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_vllm_standins(request):
+    """Clear injected faults and behaviours after each test that used a stand-in (others start none)."""
+    yield
+    for name in ("vllm_legacy_server", "vllm_template_server"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reset()

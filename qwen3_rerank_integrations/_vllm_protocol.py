@@ -1,0 +1,283 @@
+"""vLLM's rerank/score HTTP protocol, without any I/O: request bodies, response checks, error mapping.
+
+Kept apart from :mod:`qwen3_rerank_integrations.vllm` so the sync and async clients share every rule, and so
+the rules can be tested without a server. Facts (both server generations): ``../shared/notes/vllm-rerank-protocol.md``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    InvalidResponseError,
+    RateLimitError,
+    RemoteError,
+    RouteNotFoundError,
+    ServerError,
+    ServerResponseError,
+)
+
+__all__ = [
+    "Call",
+    "TransientError",
+    "RERANK_PATH",
+    "SCORE_PATH",
+    "normalize_base_url",
+    "rerank_payload",
+    "score_payload",
+    "parse_scores",
+    "usage_tokens",
+    "read_response",
+    "max_tokens_bound",
+]
+
+RERANK_PATH = "/v1/rerank"
+SCORE_PATH = "/v1/score"
+TOKENIZE_PATH = "/tokenize"
+DETOKENIZE_PATH = "/detokenize"
+MODELS_PATH = "/v1/models"
+HEALTH_PATH = "/health"
+
+Route = Literal["rerank", "score"]
+Template = Literal["client", "server"]
+
+# A proxy may ask for an hour; waiting that long inside a rerank call helps nobody.
+MAX_RETRY_AFTER_S = 60.0
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_SNIPPET = 300
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request to make. ``tolerate`` lists error types handed back as values instead of raised."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    json: dict[str, Any] | None = None
+    tolerate: tuple[type[Exception], ...] = field(default=())
+
+
+class TransientError(Exception):
+    """A fault worth retrying; ``error`` is what the caller sees once the retries run out."""
+
+    def __init__(self, error: RemoteError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8000``, ``.../`` and ``.../v1`` all mean the server root (``/tokenize`` lives there)."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url
+
+
+def rerank_payload(
+    query: str, documents: Sequence[str], *, model: str | None, instruction: str | None
+) -> dict[str, Any]:
+    """A ``/v1/rerank`` body. ``instruction`` goes only to a server that renders the template itself.
+
+    ``top_n`` is explicit because servers differ on what a missing one means. Never ``truncate_prompt_tokens``:
+    it cuts the whole prompt, suffix included, and the score becomes meaningless.
+    """
+    body: dict[str, Any] = {"query": query, "documents": list(documents), "top_n": len(documents)}
+    return _common_fields(body, model, instruction)
+
+
+def score_payload(
+    query: str, documents: Sequence[str], *, model: str | None, instruction: str | None
+) -> dict[str, Any]:
+    """A ``/v1/score`` body: one ``text_1`` against a list of ``text_2`` (the 1:N form every version accepts)."""
+    body: dict[str, Any] = {"text_1": query, "text_2": list(documents)}
+    return _common_fields(body, model, instruction)
+
+
+def _common_fields(body: dict[str, Any], model: str | None, instruction: str | None) -> dict[str, Any]:
+    if model is not None:
+        body["model"] = model
+    if instruction is not None:
+        body["instruction"] = instruction
+    return body
+
+
+def parse_scores(body: Any, count: int, route: Route) -> list[float]:
+    """Scores in request order from a rerank/score response for ``count`` documents.
+
+    Results come sorted by score, so they are placed by ``index``. Every index must appear exactly once with
+    a finite score; anything else raises :class:`InvalidResponseError` (never a partial or shuffled list).
+    """
+    key, score_key = ("results", "relevance_score") if route == "rerank" else ("data", "score")
+    if not isinstance(body, dict) or not isinstance(body.get(key), list):
+        raise InvalidResponseError(
+            f"the server's {route} response has no {key!r} list: {_snippet(body)}"
+        )
+    scores: list[float | None] = [None] * count
+    for item in body[key]:
+        index = item.get("index") if isinstance(item, dict) else None
+        value = item.get(score_key) if isinstance(item, dict) else None
+        if not _is_int(index) or not 0 <= index < count:
+            raise InvalidResponseError(
+                f"the server's {route} response has an entry with index {index!r} for a request of {count} "
+                f"documents: {_snippet(item)}"
+            )
+        if scores[index] is not None:
+            raise InvalidResponseError(f"the server's {route} response lists index {index} twice")
+        if not _is_number(value) or not math.isfinite(value):
+            raise InvalidResponseError(
+                f"the server's {route} response has {score_key}={value!r} for index {index}, not a finite number"
+            )
+        scores[index] = float(value)
+    missing = [i for i, s in enumerate(scores) if s is None]
+    if missing:
+        raise InvalidResponseError(
+            f"the server's {route} response is missing {len(missing)} of {count} documents (indices "
+            f"{missing[:10]}{'...' if len(missing) > 10 else ''}); was it cut by top_n?"
+        )
+    return [s for s in scores if s is not None]
+
+
+def usage_tokens(body: Any) -> int | None:
+    """Prompt tokens the server reports (``prompt_tokens``; older servers send ``total_tokens`` only)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    for key in ("prompt_tokens", "total_tokens"):
+        if _is_int(usage.get(key)):
+            return int(usage[key])
+    return None
+
+
+def max_tokens_bound(text: str) -> int:
+    """An upper bound on the Qwen3 token count of ``text``, with no tokenizer.
+
+    The tokenizer NFC-normalizes, then every byte-level BPE token covers at least one UTF-8 byte (special
+    tokens cover many), so tokens <= NFC bytes. Documents under the bound need no token counting at all.
+    """
+    return len(unicodedata.normalize("NFC", text).encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------- errors
+def read_response(
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    method: str,
+    url: str,
+    secrets: Sequence[str] = (),
+) -> Any:
+    """The JSON body of a 2xx response; otherwise the package's error for the status.
+
+    Raises:
+        TransientError: 429/502/503/504 (wrapping the error to raise once retries run out).
+        ServerResponseError subclasses: every other error status, with the server's message.
+        InvalidResponseError: a 2xx body that is not JSON.
+    """
+    if 200 <= status < 300:
+        if not content:
+            return None
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise InvalidResponseError(
+                f"{method} {url} answered HTTP {status} with a body that is not JSON: "
+                f"{_redact(content.decode('utf-8', 'replace')[:_SNIPPET], secrets)!r}"
+            ) from None
+    message = _redact(server_message(content), secrets)
+    error = _status_error(status, message, method, url)
+    if status in _RETRY_STATUSES:
+        raise TransientError(error, retry_after=_retry_after(headers.get("retry-after")))
+    raise error
+
+
+def server_message(content: bytes) -> str:
+    """The ``message`` of either vLLM error format (nested since 0.10.1, flat before), FastAPI's ``detail``,
+    a bare ``{"error": "..."}`` (vLLM's auth middleware), or the raw text."""
+    text = content.decode("utf-8", "replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:_SNIPPET] or "(empty body)"
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        for candidate in (body.get("message"), error, body.get("detail")):
+            if isinstance(candidate, str):
+                return candidate
+        if body.get("detail") is not None:
+            return json.dumps(body["detail"])[:_SNIPPET]
+    return text[:_SNIPPET]
+
+
+def _status_error(status: int, message: str, method: str, url: str) -> ServerResponseError:
+    where = f"{method} {url} answered HTTP {status}: {message}"
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{where}. The server rejected the API key (or none was sent): pass api_key= or set VLLM_API_KEY "
+            "to the key the server was started with (--api-key).",
+            status_code=status, server_message=message,
+        )
+    if status == 404:
+        return RouteNotFoundError(
+            f"{where}. If the route is missing, the server is not running in pooling/score mode: start it with "
+            "`--runner pooling` (older vLLM: `--task score`) and the Qwen3-Reranker hf_overrides. If the model "
+            "does not exist, check model= against the server's /v1/models.",
+            status_code=status, server_message=message,
+        )
+    if status == 429:
+        return RateLimitError(f"{where} (rate limited; retries exhausted)", status_code=status, server_message=message)
+    if status in (400, 413, 422):
+        hint = ""
+        if "context length" in message or "too long" in message or status == 413:
+            hint = " Lower max_length= (documents are then cut at their tail) or batch_size=."
+        return BadRequestError(where + hint, status_code=status, server_message=message)
+    if status >= 500:
+        return ServerError(where, status_code=status, server_message=message)
+    return ServerResponseError(where, status_code=status, server_message=message)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds (fractions tolerated) or an HTTP date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    # A proxy might echo the Authorization header back; the key must never reach an exception or a log.
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _snippet(value: Any) -> str:
+    return repr(value)[:_SNIPPET]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,807 @@
+"""Scoring against a vLLM server: :class:`VLLMScorer`.
+
+vLLM serves the original Qwen3-Reranker checkpoint as a one-row classifier (``W[yes] − W[no]``, sigmoid), so its
+``relevance_score`` is the official P("yes") — provided the prompt it scores is the official one:
+
+- ``template="client"`` (older vLLM, vllm-ascend, any server without the reranker ``--chat-template``): vLLM
+  concatenates the query's and each document's tokens as they are, so this client sends
+  ``PREFIX + <Instruct>/<Query> part`` as the query and ``<Document>: text + SUFFIX`` as each document. Those two
+  pieces tokenize to exactly the official ids (every seam falls on a pre-token boundary or a special token).
+- ``template="server"``: the server renders the official prompt itself; the client sends raw text and
+  ``instruction``.
+
+Long documents are cut at their tail to fit the context, the suffix kept, exactly as the official method cuts
+them (see :meth:`VLLMScorer.score`). Long lists are split into ``batch_size`` requests sent concurrently.
+
+The sync and async paths share one implementation: each operation is written once as a *plan*, a generator
+that yields lists of HTTP calls and receives their JSON bodies; :meth:`VLLMScorer._run` drives a plan with a
+thread pool and ``httpx.Client``, :meth:`VLLMScorer._arun` with ``asyncio`` and ``httpx.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import ssl
+import threading
+import weakref
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+
+from . import _vllm_protocol as protocol
+from ._vllm_protocol import Call, TransientError
+from .errors import (
+    BadRequestError,
+    InvalidResponseError,
+    RemoteError,
+    RerankError,
+    RouteNotFoundError,
+    ServerConnectionError,
+    ServerTimeoutError,
+)
+from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, document_part, query_part
+from .scorer import validate_inputs
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["VLLMScorer", "ServerCheck", "API_KEY_ENV"]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "VLLM_API_KEY"  # the variable `vllm serve` itself reads for --api-key
+_DOCUMENT_TAG = document_part("")
+# How many tokens a cut may step back to find text that re-tokenizes to the official ids (a character split
+# over byte-level tokens needs at most 3).
+_MAX_CUT_STEPS = 8
+
+# The canary of check(): one document answers the query, one does not. A working Qwen3-Reranker scores them
+# near 1 and near 0.
+CANARY_QUERY = "What is the capital of China?"
+CANARY_RELEVANT = "The capital of China is Beijing."
+CANARY_IRRELEVANT = (
+    "Gravity is a force that attracts two bodies towards each other. It gives weight to physical objects."
+)
+# check() sends this to a template="server" server to see whether it honours `instruction`.
+_PROBE_INSTRUCTION = "Decide whether the passage states the answer to the question, ignoring passages on physics"
+
+T = TypeVar("T")
+Plan = Generator[list[Call], list[Any], T]
+
+
+def _api_key_from_env() -> SecretStr | None:
+    value = os.environ.get(API_KEY_ENV)
+    return SecretStr(value) if value else None
+
+
+class ServerCheck(BaseModel):
+    """What :meth:`VLLMScorer.check` found. ``print(result)`` gives a readable report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ok: bool = Field(description="True when the server answered and no misconfiguration was found.")
+    base_url: str = Field(description="The server root that was checked.")
+    healthy: bool | None = Field(None, description="Whether GET /health answered 200 (None: not reached).")
+    served_models: list[str] = Field(default_factory=list, description="Model ids listed by GET /v1/models.")
+    model: str | None = Field(None, description="The served model this scorer uses.")
+    max_model_len: int | None = Field(None, description="The server's context length, from /v1/models.")
+    template: Literal["client", "server"] = Field(description="The scorer's template mode.")
+    route: Literal["rerank", "score"] = Field(description="The scorer's route.")
+    relevant_score: float | None = Field(None, description="Canary score of the document that answers the query.")
+    irrelevant_score: float | None = Field(None, description="Canary score of the document that does not.")
+    canary_gap: float | None = Field(None, description="relevant_score - irrelevant_score; > 0.9 when healthy.")
+    prompt_tokens: int | None = Field(None, description="Prompt tokens the server reported for the canary.")
+    expected_prompt_tokens: int | None = Field(
+        None, description="Tokens of the two official canary prompts (the server's count should equal it)."
+    )
+    warnings: list[str] = Field(default_factory=list, description="Each problem or doubt found, in words.")
+    error: str | None = Field(None, description="The error that stopped the check, if any.")
+
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        lines = [f"vLLM server {self.base_url}: {'OK' if self.ok else 'PROBLEMS FOUND'}"]
+        if self.healthy is not None:
+            lines.append(f"  health: {'ok' if self.healthy else 'not ok'}")
+        if self.served_models:
+            context = f", context {self.max_model_len} tokens" if self.max_model_len else ""
+            lines.append(f"  model: {self.model} (served: {', '.join(self.served_models)}){context}")
+        lines.append(f"  template: {self.template}, route: /v1/{self.route}")
+        if self.canary_gap is not None:
+            lines.append(
+                f"  canary: relevant {self.relevant_score:.4f}, irrelevant {self.irrelevant_score:.4f}, "
+                f"gap {self.canary_gap:.4f}"
+            )
+        if self.prompt_tokens is not None or self.expected_prompt_tokens is not None:
+            lines.append(f"  prompt tokens: {self.prompt_tokens} (official prompt: {self.expected_prompt_tokens})")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+class VLLMScorer(BaseModel):
+    """Scores (query, document) pairs with a Qwen3-Reranker served by vLLM (``/v1/rerank`` or ``/v1/score``).
+
+    Returns the same numbers as :class:`~qwen3_rerank_integrations.LocalScorer` on the same model, whichever
+    vLLM generation the server is. Use it as a context manager, or call :meth:`close`/:meth:`aclose`.
+
+    Example:
+        >>> with VLLMScorer("http://localhost:8000") as scorer:   # started without --chat-template
+        ...     scorer.score("what is the capital of China?", ["Beijing is the capital.", "Gravity pulls."])
+        [0.99..., 0.00...]
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+    base_url: str = Field(
+        description="The server root, e.g. 'http://localhost:8000' (a trailing '/v1' is accepted and dropped)."
+    )
+    model: str | None = Field(
+        None, description="Served model name to send; None lets the server use the one it serves."
+    )
+    api_key: SecretStr | None = Field(
+        default_factory=_api_key_from_env,
+        description=f"Bearer key for a server started with --api-key; defaults to ${API_KEY_ENV}. Never logged.",
+    )
+    template: Literal["client", "server"] = Field(
+        "client",
+        description="'client': this client renders the official prompt (servers without the reranker "
+        "--chat-template: older vLLM, vllm-ascend). 'server': send raw text and `instruction` to a server "
+        "started with --chat-template qwen3_reranker.jinja.",
+    )
+    route: Literal["rerank", "score"] = Field(
+        "rerank", description="'rerank' calls /v1/rerank; 'score' calls /v1/score (text_1/text_2); same scores."
+    )
+    instruction: str | None = Field(
+        None, description="Default task instruction; None means the model card's web-search instruction."
+    )
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for each HTTP request.")
+    max_retries: int = Field(
+        3, ge=0, description="Retries of connect errors, timeouts, 429, 502, 503 and 504 (other errors: none)."
+    )
+    backoff: float = Field(
+        0.5, ge=0, description="First retry wait in seconds; doubles each retry, plus jitter. Retry-After wins."
+    )
+    batch_size: int = Field(32, gt=0, description="Most documents per request.")
+    max_concurrency: int = Field(8, gt=0, description="Most requests in flight at once for one call.")
+    max_length: int | None = Field(
+        None,
+        gt=0,
+        description="Most tokens per prompt (prefix and suffix included); longer documents lose their tail. "
+        "None: the server's max_model_len (asked once from /v1/models).",
+    )
+    tokenizer: Any = Field(
+        None,
+        repr=False,
+        description="Optional local tokenizer (a path, a hub id, or a transformers tokenizer) to count and cut "
+        "long documents; None uses the server's /tokenize and /detokenize.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="Extra HTTP headers sent with every request."
+    )
+    verify: bool | str = Field(
+        True, description="TLS verification: True (system CAs), a CA bundle path, or False (not recommended)."
+    )
+
+    _client: Any = PrivateAttr(None)
+    _aclient: Any = PrivateAttr(None)
+    _aclient_loop: Any = PrivateAttr(None)  # weakref to the event loop _aclient belongs to
+    _local_tokenizer: Any = PrivateAttr(None)
+    _context: int | None = PrivateAttr(None)
+    _context_known: bool = PrivateAttr(False)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, base_url: str, /, **data: Any) -> None:
+        super().__init__(base_url=base_url, **data)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        url = protocol.normalize_base_url(value)
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise ValueError(f"base_url must be an http:// or https:// URL such as 'http://localhost:8000', got {value!r}")
+        return url
+
+    # ----------------------------------------------------------------------------------------- public API
+    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
+        """P("yes") for each document against ``query``, in input order.
+
+        Documents whose prompt would exceed the context (``max_length``, else the server's ``max_model_len``)
+        are cut at their tail to fit, the suffix kept, as the official method cuts them. Only a document that
+        might be too long (more UTF-8 bytes than the context has tokens) is counted, with ``tokenizer`` if
+        given, else the server's ``/tokenize``. When the official cut falls inside a character that spans
+        several byte-level tokens, the cut moves back to that character's start (up to 3 tokens), since text
+        cannot carry half a character; that one score then differs slightly from the official one.
+
+        Raises:
+            TypeError, ValueError: bad arguments (before any network work); ValueError also when the query
+                and instruction alone do not fit the context.
+            RemoteError subclasses: the server could not be reached, refused the request, or answered
+                something that is not a complete, valid result.
+        """
+        docs = validate_inputs(query, documents, instruction)
+        if not docs:
+            return []
+        return self._run(self._score_plan(query, docs, instruction))
+
+    async def ascore(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Async twin of :meth:`score` (``httpx.AsyncClient``; never blocks the event loop)."""
+        docs = validate_inputs(query, documents, instruction)
+        if not docs:
+            return []
+        return await self._arun(self._score_plan(query, docs, instruction))
+
+    def check(self, *, min_gap: float = 0.5) -> ServerCheck:
+        """Check the server: ``/health``, ``/v1/models`` (served name, context) and a canary pair.
+
+        Warns (and sets ``ok=False``) on the known misconfigurations: a server in embed mode (every document
+        ~0.8), no template with ``template="server"``, a double template with ``template="client"`` (both seen
+        in the server's prompt-token count against the official prompt's), a served model other than
+        ``model``, a canary gap under ``min_gap``. A server that ignores ``instruction`` is reported too.
+        Never raises for server faults: they land in ``error``.
+        """
+        state = _CheckState(self)
+        try:
+            self._run(self._check_plan(state, min_gap))
+        except RerankError as exc:
+            state.error = str(exc)
+        return state.result()
+
+    async def acheck(self, *, min_gap: float = 0.5) -> ServerCheck:
+        """Async twin of :meth:`check`."""
+        state = _CheckState(self)
+        try:
+            await self._arun(self._check_plan(state, min_gap))
+        except RerankError as exc:
+            state.error = str(exc)
+        return state.result()
+
+    def close(self) -> None:
+        """Close the sync HTTP client (the async one is closed by :meth:`aclose`)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close both HTTP clients."""
+        client, self._aclient = self._aclient, None
+        if client is not None:
+            await client.aclose()
+        self.close()
+
+    def __enter__(self) -> VLLMScorer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> VLLMScorer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------------------------------------- plans
+    def _score_plan(self, query: str, docs: list[str], instruction: str | None) -> Plan[list[float]]:
+        instr = instruction or self.instruction or DEFAULT_INSTRUCTION
+        docs = yield from self._fit_plan(query, docs, instr)
+        batches = [docs[i : i + self.batch_size] for i in range(0, len(docs), self.batch_size)]
+        bodies = yield [self._scoring_call(query, batch, instr) for batch in batches]
+        scores: list[float] = []
+        for batch, body in zip(batches, bodies):
+            scores.extend(protocol.parse_scores(body, len(batch), self.route))
+        return scores
+
+    def _scoring_call(self, query: str, documents: Sequence[str], instruction: str) -> Call:
+        if self.template == "client":
+            query, documents, sent_instruction = (
+                PREFIX + query_part(query, instruction), [document_part(d) + SUFFIX for d in documents], None
+            )
+        else:
+            sent_instruction = instruction
+        build = protocol.rerank_payload if self.route == "rerank" else protocol.score_payload
+        path = protocol.RERANK_PATH if self.route == "rerank" else protocol.SCORE_PATH
+        return Call("POST", path, build(query, documents, model=self.model, instruction=sent_instruction))
+
+    def _fit_plan(self, query: str, docs: list[str], instruction: str) -> Plan[list[str]]:
+        """Cut documents whose prompt exceeds the context, the official way (token-level, from the tail)."""
+        limit = yield from self._limit_plan()
+        if limit is None:
+            return docs
+        head = PREFIX + query_part(query, instruction)
+        head_bound = protocol.max_tokens_bound(head)
+        suspects = [
+            i for i, d in enumerate(docs) if head_bound + protocol.max_tokens_bound(document_part(d) + SUFFIX) > limit
+        ]
+        if not suspects:
+            return docs
+        ids = yield from self._tokenize_plan([head, SUFFIX, _DOCUMENT_TAG] + [document_part(docs[i]) for i in suspects])
+        head_n, suffix_n, tag_n = len(ids[0]), len(ids[1]), len(ids[2])
+        if head_n + tag_n + suffix_n > limit:
+            raise ValueError(
+                f"the context of {limit} tokens is too small for this query and instruction: the prompt without "
+                f"any document already takes {head_n + tag_n + suffix_n} tokens; shorten the query/instruction"
+                + (" or raise max_length" if self.max_length is not None else "")
+            )
+        keep = limit - head_n - suffix_n  # tokens left for "<Document>: " + text
+        over = {i: doc_ids for i, doc_ids in zip(suspects, ids[3:]) if len(doc_ids) > keep}
+        if not over:
+            return docs
+        cut = yield from self._cut_plan(over, keep, tag_n)
+        fitted = list(docs)
+        for i, text in cut.items():
+            fitted[i] = text
+        return fitted
+
+    def _cut_plan(self, over: dict[int, list[int]], keep: int, tag_n: int) -> Plan[dict[int, str]]:
+        """Text for each over-long document whose re-tokenization is its first ``keep`` official tokens.
+
+        Decoding a token prefix and re-tokenizing it usually round-trips; when it does not (a character split
+        over tokens decodes to U+FFFD), step back a token at a time. If no step round-trips, take the first
+        candidate that fits, else an empty document (which always fits).
+        """
+        length = {i: keep for i in over}
+        cut: dict[int, str] = {}
+        fallback: dict[int, str] = {}
+        for _ in range(_MAX_CUT_STEPS):
+            pending = [i for i in over if i not in cut and length[i] >= tag_n]
+            if not pending:
+                break
+            texts = yield from self._detokenize_plan([over[i][: length[i]] for i in pending])
+            candidates = {i: t[len(_DOCUMENT_TAG) :] for i, t in zip(pending, texts) if t.startswith(_DOCUMENT_TAG)}
+            checked = list(candidates)
+            again = yield from self._tokenize_plan([document_part(candidates[i]) for i in checked])
+            for i, ids in zip(checked, again):
+                if ids == over[i][: length[i]]:
+                    cut[i] = candidates[i]
+                    if length[i] < keep:
+                        logger.info("document %d: cut %d token(s) early, at a whole character", i, keep - length[i])
+                elif len(ids) <= keep:
+                    fallback.setdefault(i, candidates[i])
+            for i in pending:
+                if i not in cut:
+                    length[i] -= 1
+        for i in over:
+            if i not in cut:
+                logger.warning("document %d: no tail cut re-tokenizes to the official tokens; sent a shorter cut", i)
+                cut[i] = fallback.get(i, "")
+        return cut
+
+    def _limit_plan(self) -> Plan[int | None]:
+        """The most tokens per prompt: ``max_length``, else the server's context (asked once, then cached)."""
+        if self.max_length is not None:
+            return self.max_length
+        if not self._context_known:
+            (models,) = yield [Call("GET", protocol.MODELS_PATH, tolerate=(RouteNotFoundError,))]
+            context = _context_from_models(models, self.model)
+            if context is None:  # some servers/proxies hide /v1/models; /tokenize reports it too
+                (tokenized,) = yield [self._tokenize_call("a", tolerate=(RouteNotFoundError, BadRequestError))]
+                value = tokenized.get("max_model_len") if isinstance(tokenized, dict) else None
+                context = value if isinstance(value, int) and value > 0 else None
+            if context is None:
+                logger.warning("%s reports no max_model_len; long documents will not be cut", self.base_url)
+            self._context, self._context_known = context, True
+        return self._context
+
+    def _tokenize_call(self, text: str, tolerate: tuple[type[Exception], ...] = ()) -> Call:
+        body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
+        if self.model is not None:
+            body["model"] = self.model
+        return Call("POST", protocol.TOKENIZE_PATH, body, tolerate)
+
+    def _tokenize_plan(self, texts: list[str]) -> Plan[list[list[int]]]:
+        if not texts:
+            return []
+        tokenizer = self._get_local_tokenizer()
+        if tokenizer is not None:
+            return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        bodies = yield [self._tokenize_call(t) for t in texts]
+        return [_token_ids(body) for body in bodies]
+
+    def _detokenize_plan(self, id_lists: list[list[int]]) -> Plan[list[str]]:
+        tokenizer = self._get_local_tokenizer()
+        if tokenizer is not None:
+            return [
+                tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) for ids in id_lists
+            ]
+        calls = []
+        for ids in id_lists:
+            body: dict[str, Any] = {"tokens": ids}
+            if self.model is not None:
+                body["model"] = self.model
+            calls.append(Call("POST", protocol.DETOKENIZE_PATH, body))
+        bodies = yield calls
+        texts = [body.get("prompt") if isinstance(body, dict) else None for body in bodies]
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidResponseError(f"the server's /detokenize answer has no 'prompt' string: {bodies[0]!r:.300}")
+        return texts  # type: ignore[return-value]
+
+    def _check_plan(self, state: _CheckState, min_gap: float) -> Plan[None]:
+        (health,) = yield [Call("GET", protocol.HEALTH_PATH, tolerate=(RemoteError,))]
+        if isinstance(health, (ServerConnectionError, ServerTimeoutError)):
+            raise health
+        state.healthy = not isinstance(health, Exception)
+        if not state.healthy:
+            state.problem(f"GET /health failed: {health}")
+        (models,) = yield [Call("GET", protocol.MODELS_PATH, tolerate=(RemoteError,))]
+        if isinstance(models, Exception):
+            state.doubt(f"GET /v1/models failed: {models}")
+        else:
+            state.read_models(models)
+
+        instruction = self.instruction or DEFAULT_INSTRUCTION
+        docs = [CANARY_RELEVANT, CANARY_IRRELEVANT]
+        (body,) = yield [self._scoring_call(CANARY_QUERY, docs, instruction)]
+        state.relevant_score, state.irrelevant_score = protocol.parse_scores(body, 2, self.route)
+        state.prompt_tokens = protocol.usage_tokens(body)
+        state.judge_scores(min_gap)
+
+        try:
+            expected = yield from self._prompt_tokens_plan(CANARY_QUERY, docs, instruction)
+        except RemoteError as exc:
+            state.doubt(f"could not count the official prompt's tokens ({exc}); template not verified")
+            return
+        state.expected_prompt_tokens = expected
+        if not state.judge_template() or self.template != "server":
+            return
+        (probe,) = yield [self._scoring_call(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)]
+        probe_expected = yield from self._prompt_tokens_plan(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)
+        state.judge_instruction(protocol.usage_tokens(probe), probe_expected)
+
+    def _prompt_tokens_plan(self, query: str, docs: list[str], instruction: str) -> Plan[int]:
+        """Tokens of the official prompts of ``docs``, as the server counts them."""
+        ids = yield from self._tokenize_plan([PREFIX + query_part(query, instruction)] + [
+            document_part(d) + SUFFIX for d in docs
+        ])
+        return len(ids[0]) * len(docs) + sum(len(x) for x in ids[1:])
+
+    # ----------------------------------------------------------------------------------------- sync driver
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            calls = next(plan)
+            while True:
+                try:
+                    results = self._send_all(calls)
+                except RerankError as exc:  # let the plan handle it (or re-raise it from its own frame)
+                    calls = plan.throw(exc)
+                else:
+                    calls = plan.send(results)
+        except StopIteration as done:
+            return done.value
+        finally:
+            plan.close()
+
+    def _send_all(self, calls: list[Call]) -> list[Any]:
+        if len(calls) == 1:
+            return [self._send(calls[0])]
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, len(calls)), thread_name_prefix="vllm-scorer"
+        )
+        futures = [pool.submit(self._send, call) for call in calls]
+        try:
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            return [f.result() for f in futures]
+        finally:
+            # On a failure, requests not yet started are dropped; those in flight finish in the background.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _send(self, call: Call) -> Any:
+        from tenacity import Retrying
+
+        try:
+            return Retrying(**self._retry_options())(self._send_once, call)
+        except TransientError as exc:
+            error: RemoteError = exc.error
+        except RemoteError as exc:
+            error = exc
+        if isinstance(error, call.tolerate):
+            return error
+        raise error
+
+    def _send_once(self, call: Call) -> Any:
+        import httpx
+
+        try:
+            response = self._sync_client().request(call.method, call.path, json=call.json)
+        except httpx.TransportError as exc:
+            raise self._transport_error(call, exc) from exc
+        return self._read(call, response)
+
+    def _sync_client(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                import httpx
+
+                self._client = httpx.Client(**self._client_options())
+            return self._client
+
+    # ----------------------------------------------------------------------------------------- async driver
+    async def _arun(self, plan: Plan[T]) -> T:
+        try:
+            calls = next(plan)
+            while True:
+                try:
+                    results = await self._asend_all(calls)
+                except RerankError as exc:  # let the plan handle it (or re-raise it from its own frame)
+                    calls = plan.throw(exc)
+                else:
+                    calls = plan.send(results)
+        except StopIteration as done:
+            return done.value
+        finally:
+            plan.close()
+
+    async def _asend_all(self, calls: list[Call]) -> list[Any]:
+        if len(calls) == 1:
+            return [await self._asend(calls[0])]
+        slots = asyncio.Semaphore(self.max_concurrency)
+
+        async def send(call: Call) -> Any:
+            async with slots:
+                return await self._asend(call)
+
+        tasks = [asyncio.ensure_future(send(call)) for call in calls]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _asend(self, call: Call) -> Any:
+        from tenacity import AsyncRetrying
+
+        try:
+            return await AsyncRetrying(**self._retry_options())(self._asend_once, call)
+        except TransientError as exc:
+            error: RemoteError = exc.error
+        except RemoteError as exc:
+            error = exc
+        if isinstance(error, call.tolerate):
+            return error
+        raise error
+
+    async def _asend_once(self, call: Call) -> Any:
+        import httpx
+
+        try:
+            response = await self._async_client().request(call.method, call.path, json=call.json)
+        except httpx.TransportError as exc:
+            raise self._transport_error(call, exc) from exc
+        return self._read(call, response)
+
+    def _async_client(self) -> httpx.AsyncClient:
+        # An AsyncClient's connections belong to the loop that opened them; a new loop (asyncio.run per call,
+        # as some frameworks do) gets a new client.
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._aclient is None or self._aclient_loop is None or self._aclient_loop() is not loop:
+                import httpx
+
+                self._aclient = httpx.AsyncClient(**self._client_options())
+                self._aclient_loop = weakref.ref(loop)
+            return self._aclient
+
+    # ----------------------------------------------------------------------------------------- shared HTTP
+    def _client_options(self) -> dict[str, Any]:
+        import httpx
+
+        headers = {"User-Agent": "qwen3-rerank-integrations", **self.headers}
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        verify: bool | ssl.SSLContext = self.verify if isinstance(self.verify, bool) else ssl.create_default_context(
+            cafile=self.verify
+        )
+        return {
+            "base_url": self.base_url,
+            "headers": headers,
+            "verify": verify,
+            # pool=None: a request waiting for a free connection is not a timeout; the server's time is.
+            "timeout": httpx.Timeout(self.timeout, pool=None),
+            "limits": httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+            "follow_redirects": False,
+        }
+
+    def _retry_options(self) -> dict[str, Any]:
+        from tenacity import retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+        backoff = wait_exponential_jitter(multiplier=self.backoff, max=max(self.backoff, 30.0), jitter=self.backoff)
+
+        def wait(state: Any) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, TransientError) and exc.retry_after is not None:
+                return exc.retry_after
+            return float(backoff(state))
+
+        def log_retry(state: Any) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            logger.info("retrying after %s (attempt %d of %d)", exc, state.attempt_number, self.max_retries + 1)
+
+        return {
+            "stop": stop_after_attempt(self.max_retries + 1),
+            "wait": wait,
+            "retry": retry_if_exception_type(TransientError),
+            "before_sleep": log_retry,
+            "reraise": True,
+        }
+
+    def _secrets(self) -> list[str]:
+        return [self.api_key.get_secret_value()] if self.api_key is not None else []
+
+    def _read(self, call: Call, response: httpx.Response) -> Any:
+        return protocol.read_response(
+            response.status_code,
+            response.headers,
+            response.content,
+            method=call.method,
+            url=self.base_url + call.path,
+            secrets=self._secrets(),
+        )
+
+    def _transport_error(self, call: Call, exc: Exception) -> TransientError:
+        import httpx
+
+        where = f"{call.method} {self.base_url}{call.path}"
+        detail = str(exc) or type(exc).__name__
+        for secret in self._secrets():
+            detail = detail.replace(secret, "***")
+        if isinstance(exc, httpx.TimeoutException):
+            return TransientError(ServerTimeoutError(f"{where} timed out after {self.timeout:g}s ({detail})"))
+        return TransientError(ServerConnectionError(f"could not reach the vLLM server: {where} failed: {detail}"))
+
+    def _get_local_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            return None
+        if not isinstance(self.tokenizer, str):
+            return self.tokenizer
+        with self._lock:
+            if self._local_tokenizer is None:
+                from transformers import AutoTokenizer
+
+                try:
+                    self._local_tokenizer = AutoTokenizer.from_pretrained(self.tokenizer, trust_remote_code=False)
+                except Exception as exc:  # noqa: BLE001 - hub/IO/parse errors all mean "not loadable"
+                    raise RerankError(f"could not load tokenizer={self.tokenizer!r}: {exc}") from exc
+            return self._local_tokenizer
+
+
+class _CheckState:
+    """What check() has learned so far; turned into a ServerCheck even when a step fails."""
+
+    def __init__(self, scorer: VLLMScorer) -> None:
+        self.scorer = scorer
+        self.healthy: bool | None = None
+        self.served_models: list[str] = []
+        self.model: str | None = scorer.model
+        self.max_model_len: int | None = None
+        self.relevant_score: float | None = None
+        self.irrelevant_score: float | None = None
+        self.prompt_tokens: int | None = None
+        self.expected_prompt_tokens: int | None = None
+        self.warnings: list[str] = []
+        self.problems = 0
+        self.error: str | None = None
+
+    def problem(self, text: str) -> None:
+        self.warnings.append(text)
+        self.problems += 1
+
+    def doubt(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def read_models(self, body: Any) -> None:
+        entries = body.get("data") if isinstance(body, dict) else None
+        entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+        self.served_models = [str(e.get("id")) for e in entries]
+        if self.scorer.model is not None and self.scorer.model not in self.served_models:
+            self.problem(f"model={self.scorer.model!r} is not served here; the server lists {self.served_models}")
+        elif self.model is None and self.served_models:
+            self.model = self.served_models[0]
+        self.max_model_len = _context_from_models(body, self.scorer.model)
+
+    def judge_scores(self, min_gap: float) -> None:
+        relevant, irrelevant = self.relevant_score, self.irrelevant_score
+        assert relevant is not None and irrelevant is not None
+        gap = relevant - irrelevant
+        if min(relevant, irrelevant) >= 0.5 and abs(gap) < 0.1:
+            self.problem(
+                f"both canary documents score about {relevant:.2f}: the server looks like it runs in embed mode "
+                "(`--convert embed` / `--task embed`), where /rerank returns cosine similarities. Serve with "
+                "`--runner pooling` (older: `--task score`) and the Qwen3-Reranker hf_overrides."
+            )
+        elif gap < min_gap:
+            self.problem(
+                f"the canary gap is {gap:.3f} (relevant {relevant:.3f}, irrelevant {irrelevant:.3f}); a working "
+                "Qwen3-Reranker gives > 0.9. Check the served model, its hf_overrides and the template setting."
+            )
+
+    def judge_template(self) -> bool:
+        """Compare the server's prompt-token count with the official prompt's; True when they agree."""
+        observed, expected = self.prompt_tokens, self.expected_prompt_tokens
+        if observed is None or expected is None:
+            self.doubt("the server reports no token usage; the prompt template could not be verified")
+            return False
+        per_doc = (observed - expected) / 2
+        if abs(per_doc) <= 1:  # embed mode adds one pad token per pair
+            return True
+        if self.scorer.template == "server" and per_doc < 0:
+            self.problem(
+                f"template='server' but the server scored {observed} prompt tokens where the official prompts have "
+                f"{expected}: it renders no reranker template. Start vLLM with --chat-template "
+                "qwen3_reranker.jinja, or use template='client'."
+            )
+        elif self.scorer.template == "client" and per_doc > 0:
+            self.problem(
+                f"template='client' but the server scored {observed} prompt tokens where the official prompts have "
+                f"{expected}: it applies its own template on top of the client's (a double template). Use "
+                "template='server' with this server."
+            )
+        else:
+            self.problem(
+                f"the server scored {observed} prompt tokens where the official prompts have {expected}: its "
+                "prompt differs from the official one; check its --chat-template."
+            )
+        return False
+
+    def judge_instruction(self, observed: int | None, expected: int) -> None:
+        if observed is None or observed == expected:
+            return
+        text = (
+            "the server ignores the request's `instruction` (a vLLM without instruction support): every request "
+            "is scored with the template's default instruction"
+        )
+        if self.scorer.instruction not in (None, DEFAULT_INSTRUCTION):
+            self.problem(text + f", not instruction={self.scorer.instruction!r}; use template='client'.")
+        else:
+            self.doubt(text + "; per-call instructions need template='client'.")
+
+    def result(self) -> ServerCheck:
+        gap = None
+        if self.relevant_score is not None and self.irrelevant_score is not None:
+            gap = self.relevant_score - self.irrelevant_score
+        return ServerCheck(
+            ok=self.error is None and self.problems == 0,
+            base_url=self.scorer.base_url,
+            healthy=self.healthy,
+            served_models=self.served_models,
+            model=self.model,
+            max_model_len=self.max_model_len,
+            template=self.scorer.template,
+            route=self.scorer.route,
+            relevant_score=self.relevant_score,
+            irrelevant_score=self.irrelevant_score,
+            canary_gap=gap,
+            prompt_tokens=self.prompt_tokens,
+            expected_prompt_tokens=self.expected_prompt_tokens,
+            warnings=self.warnings,
+            error=self.error,
+        )
+
+
+def _context_from_models(body: Any, model: str | None) -> int | None:
+    """``max_model_len`` of ``model`` (or of the first served model) from a /v1/models body."""
+    entries = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        return None
+    for entry in entries:
+        if isinstance(entry, dict) and (model is None or entry.get("id") == model):
+            value = entry.get("max_model_len")
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return None
+
+
+def _token_ids(body: Any) -> list[int]:
+    tokens = body.get("tokens") if isinstance(body, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise InvalidResponseError(f"the server's /tokenize answer has no 'tokens' list of ints: {body!r:.300}")
+    return tokens
