@@ -1,0 +1,247 @@
+"""The qwen3-rerank command line: scores equal the official method, input formats, exit codes, one-line errors,
+the precision check (end to end and its pure comparison), and one run of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from qwen3_rerank_integrations.cli import app, rank, read_documents
+from qwen3_rerank_integrations.precision import (
+    PRECISION_SET,
+    check_device,
+    compare_scores,
+    default_max_abs_diff,
+    rank_agreement,
+)
+
+QUERY = "What is the capital of China?"
+TOLERANCE = 1e-5
+
+runner = CliRunner()
+
+
+def invoke(*args: object, stdin: str | None = None):
+    return runner.invoke(app, [str(arg) for arg in args], input=stdin)
+
+
+def local_args(model_dir) -> list[str]:
+    return ["--model", str(model_dir), "--device", "cpu", "--dtype", "float32"]
+
+
+def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def assert_matches_reference(ranking: list[dict], documents: list[str], expected: list[float]) -> None:
+    for row in ranking:
+        assert row["text"] == documents[row["index"]]
+        assert abs(row["score"] - expected[row["index"]]) <= TOLERANCE
+    scores = [row["score"] for row in ranking]
+    assert scores == sorted(scores, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------------ rerank
+def test_rerank_jsonl_equals_official_method(tmp_path, tiny_model_dir, reference_scorer, documents):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "text": doc}) for i, doc in enumerate(documents)), "utf-8")
+    result = invoke("rerank", QUERY, path, *local_args(tiny_model_dir))
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.stdout)
+    assert sorted(row["index"] for row in ranking) == list(range(len(documents)))  # empty texts kept in JSONL
+    assert_matches_reference(ranking, documents, reference_scorer.score(QUERY, documents))
+
+
+def test_rerank_lines_with_blank_lines_top_n_and_instruction(tmp_path, tiny_model_dir, reference_scorer):
+    documents = ["Beijing is the capital of China.", "Gravity pulls.", "北京是首都。", "Paris is in France."]
+    path = tmp_path / "docs.txt"
+    path.write_text("\n\n".join(documents) + "\n", "utf-8")
+    instruction = "Find the city that answers the question"
+    result = invoke("rerank", QUERY, path, "--top-n", 2, "--instruction", instruction, *local_args(tiny_model_dir))
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.stdout)
+    expected = reference_scorer.score(QUERY, documents, instruction=instruction)
+    best_two = sorted(range(len(documents)), key=lambda i: -expected[i])[:2]
+    assert [row["index"] for row in ranking] == best_two  # indexes count documents, not file lines
+    assert_matches_reference(ranking, documents, expected)
+
+
+def test_rerank_stdin_table_prints_text_verbatim_with_progress(tiny_model_dir, reference_scorer):
+    documents = ["Beijing is the capital.", "[bold]Gravity[/bold] pulls.", "Shanghai is big."]
+    result = invoke("rerank", QUERY, "--format", "table", "--progress", *local_args(tiny_model_dir),
+                    stdin="\n".join(documents))
+    assert result.exit_code == 0, result.output
+    expected = reference_scorer.score(QUERY, documents)
+    rows = [line for line in result.stdout.splitlines() if any(doc in line for doc in documents)]
+    assert len(rows) == 3  # one row per document; the markup is printed as written, not interpreted
+    order = sorted(range(3), key=lambda i: -expected[i])
+    for row, i in zip(rows, order):
+        assert documents[i] in row and f"{expected[i]:.6f}"[:-1] in row
+    assert "reranking" in result.stderr  # LocalScorer's tqdm bar, on stderr so stdout stays parseable
+
+
+def test_rank_sorts_by_score_and_keeps_input_order_for_ties():
+    ranking = rank(["a", "b", "c", "d"], [0.5, 0.9, 0.5, 0.1], top_n=3)
+    assert [(row["index"], row["text"]) for row in ranking] == [(1, "b"), (0, "a"), (2, "c")]
+
+
+def test_read_documents_formats(tmp_path):
+    jsonl = tmp_path / "docs.txt"
+    jsonl.write_text('{"text": "a"}\n\n{"text": "", "id": 2}\n', "utf-8")
+    assert read_documents(str(jsonl)) == ["a", ""]  # auto: the first line is a JSON object with "text"
+    assert read_documents(str(jsonl), "lines") == ['{"text": "a"}', '{"text": "", "id": 2}']
+    plain = tmp_path / "plain.txt"
+    plain.write_text("\ufeff{not json}\r\nsecond\n", "utf-8")
+    assert read_documents(str(plain)) == ["{not json}", "second"]  # BOM and CRLF handled
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "exit_code", "fragment"),
+    [
+        (["rerank", QUERY, "{tmp}/missing.txt"], None, 2, "cannot read documents file"),
+        (["rerank", "   ", "-"], "doc\n", 2, "query must not be empty"),
+        (["rerank", QUERY, "-"], "\n  \n", 2, "no documents in stdin"),
+        (["rerank", QUERY, "-", "--input-format", "jsonl"], '{"text": "a"}\n{"title": "b"}\n', 2, "line 2"),
+        (["rerank", QUERY, "-", "--input-format", "jsonl"], '{"text": "a"}\n{oops\n', 2, "line 2 is not valid JSON"),
+        (["rerank", QUERY, "-", "--model", "{tmp}/no-such-model"], "doc\n", 3, "no such folder"),
+        (["rerank", QUERY, "-", "--base-url", "http://localhost:9"], "doc\n", 2, "--base-url only apply to --backend vllm"),
+        (["rerank", QUERY, "-", "--backend", "vllm"], "doc\n", 2, "needs --base-url"),
+        (["rerank", QUERY, "-", "--backend", "vllm", "--base-url", "http://localhost:9", "--device", "cpu"], "doc\n",
+         2, "--device only apply to --backend local"),
+        (["check-device", "--model", "{tmp}/no-such-model", "--device", "npu:7"], None, 3, "npu"),
+    ],
+)
+def test_bad_input_exits_with_one_line(tmp_path, args, stdin, exit_code, fragment):
+    result = invoke(*(arg.replace("{tmp}", str(tmp_path)) for arg in args), stdin=stdin)
+    assert_one_line_error(result, exit_code, fragment)
+
+
+def test_usage_errors_and_version():
+    assert invoke("rerank", QUERY, "--format", "xml").exit_code == 2  # typer's own usage error
+    assert invoke("rerank", QUERY, "--top-n", 0).exit_code == 2
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("qwen3-rerank ")
+
+
+# ------------------------------------------------------------------------------------------------ check-device
+def test_check_device_cpu_float32_passes(tiny_model_dir):
+    result = invoke("check-device", *local_args(tiny_model_dir))
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.stdout and "compares CPU float32 with itself" in result.stdout
+    assert all(item.query in result.stdout for item in PRECISION_SET if len(item.query) < 30)  # long ones wrap
+
+
+def test_check_device_fails_on_bfloat16_held_to_a_tight_threshold(tiny_model_dir):
+    result = invoke("check-device", "--model", tiny_model_dir, "--device", "cpu", "--dtype", "bfloat16",
+                    "--max-abs-diff", "1e-9", "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] is False and report["dtype"] == "bfloat16" and report["device"] == "cpu"
+    assert report["max_abs_diff"] > 1e-9 and report["failures"][0].startswith("max abs diff")
+    # bf16 on this model stays inside the documented bf16 default: the same run passes without the override.
+    assert report["max_abs_diff"] <= default_max_abs_diff("bfloat16")
+
+
+def test_check_device_rejects_bad_thresholds_before_loading():
+    with pytest.raises(ValueError, match="min_rank_agreement"):
+        check_device("/nonexistent/model", max_abs_diff=0.01, min_rank_agreement=2.0)
+
+
+# ------------------------------------------------------------------------------------------------ precision math
+REFERENCE = [[0.9, 0.5, 0.1, 0.001], [0.2, 0.8, 0.4, 0.0005]]
+
+
+def test_compare_scores_passes_within_tolerance():
+    candidate = [[s + 0.01 for s in row] for row in REFERENCE]
+    report = compare_scores(REFERENCE, candidate, max_abs_diff=0.02, device="npu:0", dtype="bfloat16")
+    assert report.passed and report.failures == []
+    assert report.max_abs_diff == pytest.approx(0.01) and report.mean_abs_diff == pytest.approx(0.01)
+    assert report.rank_agreement == 1.0 and report.top1_agreement == 1.0
+
+
+def test_compare_scores_fails_on_a_large_difference():
+    candidate = [list(REFERENCE[0]), [0.2, 0.8, 0.45, 0.0005]]
+    report = compare_scores(REFERENCE, candidate, max_abs_diff=0.02)
+    assert not report.passed
+    assert report.failures == ["max abs diff 0.05 > 0.02"]
+    assert report.mean_abs_diff == pytest.approx(0.05 / 8)
+
+
+def test_compare_scores_fails_on_swapped_order_and_top1():
+    # Query 1's best two documents swap (each moved by 0.25, held to a loose 0.3 tolerance).
+    candidate = [[0.65, 0.75, 0.1, 0.001], list(REFERENCE[1])]
+    report = compare_scores(REFERENCE, candidate, max_abs_diff=0.3, min_rank_agreement=0.95)
+    # 0.1 vs 0.001 is within the tolerance (a tie); of the other 5 pairs 1 is swapped: (4 - 1) / 5.
+    assert report.queries[0].rank_agreement == pytest.approx(0.6)
+    assert report.queries[0].top1_match is False and report.queries[1].top1_match is True
+    assert report.rank_agreement == pytest.approx(0.8)
+    assert report.failures == ["rank agreement 0.800 < 0.95", "top-1 agreement 0.500 < 1"]
+
+
+def test_near_ties_within_tolerance_do_not_count_as_disagreement():
+    # The two unrelated documents (0.001 vs 0.0012) swap: noise a bf16 device may show; not a failure.
+    reference, candidate = [[0.9, 0.1, 0.0012, 0.001]], [[0.9, 0.1, 0.001, 0.0012]]
+    assert compare_scores(reference, candidate, max_abs_diff=0.02).passed
+    assert rank_agreement(reference[0], candidate[0]) < 1.0  # counted when no tolerance is given
+
+
+def test_rank_agreement_extremes():
+    assert rank_agreement([3, 2, 1], [30, 20, 10]) == 1.0
+    assert rank_agreement([3, 2, 1], [1, 2, 3]) == -1.0
+    assert rank_agreement([1, 1], [0, 1]) == 1.0  # nothing to order
+
+
+@pytest.mark.parametrize(
+    ("reference", "candidate", "kwargs", "message"),
+    [
+        ([[0.1, 0.2]], [[0.1]], {}, "same documents"),
+        ([[0.1]], [[0.1], [0.2]], {}, "same number"),
+        ([[0.1]], [[float("nan")]], {}, "finite"),
+        ([[0.1]], [[0.1]], {"max_abs_diff": -1.0}, "max_abs_diff"),
+        ([[0.1]], [[0.1]], {"queries": ["a", "b"]}, "queries"),
+    ],
+)
+def test_compare_scores_rejects_bad_input(reference, candidate, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        compare_scores(reference, candidate, **kwargs)
+
+
+def test_precision_set_is_english_and_chinese_relevant_and_not():
+    assert sum(len(item.documents) for item in PRECISION_SET) == 16
+    assert any(item.query.isascii() for item in PRECISION_SET)
+    assert any(not item.query.isascii() for item in PRECISION_SET)
+    with pytest.raises(ValueError, match="dtype"):
+        default_max_abs_diff("int8")
+
+
+# ------------------------------------------------------------------------------------------------ installed script
+def test_installed_console_script(tmp_path, tiny_model_dir, reference_scorer):
+    script = shutil.which("qwen3-rerank")
+    assert script, "the qwen3-rerank console script is not installed: python -m pip install -e ."
+    documents = ["Beijing is the capital of China.", "Gravity pulls."]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [script, "rerank", QUERY, "-", *local_args(tiny_model_dir)],
+        input="\n".join(documents), capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert_matches_reference(json.loads(completed.stdout), documents, reference_scorer.score(QUERY, documents))
+    failed = subprocess.run([script, "rerank", QUERY, str(tmp_path / "missing.txt")],
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert failed.returncode == 2 and failed.stderr.startswith("Error: ") and "Traceback" not in failed.stderr
+
+
+def test_package_import_does_not_import_typer():
+    code = "import sys, qwen3_rerank_integrations; sys.exit('typer' in sys.modules or 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
