@@ -116,7 +116,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     check_reranker_args(args)
     if hasattr(args, "embed_model"):
-        _check_model_location("--embed-model", args.embed_model)
+        check_model_location("--embed-model", args.embed_model)
     return args
 
 
@@ -125,14 +125,14 @@ def check_reranker_args(args: argparse.Namespace) -> None:
     if args.instruction is not None and not args.instruction.strip():
         raise UsageError("--instruction must not be empty; leave it out for the default instruction")
     if args.backend == "local":
-        _check_model_location("--rerank-model", args.rerank_model or DEFAULT_RERANK_MODEL)
+        check_model_location("--rerank-model", args.rerank_model or DEFAULT_RERANK_MODEL)
     elif not args.base_url:
         raise UsageError("--backend vllm needs --base-url, e.g. --base-url http://localhost:8000")
     if args.base_url and not args.base_url.startswith(("http://", "https://")):
         raise UsageError(f"--base-url must start with http:// or https://, got {args.base_url!r}")
 
 
-def _check_model_location(flag: str, value: str) -> None:
+def check_model_location(flag: str, value: str) -> None:
     """A value that is clearly a path (absolute, ./, ~, or more than one '/') must be an existing folder;
     anything else is left to the hub (``org/name``)."""
     expanded = os.path.expanduser(value)

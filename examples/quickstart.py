@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from _pipeline_common import DEFAULT_RERANK_MODEL, UsageError, fit_to_width, run_cli
+from _pipeline_common import DEFAULT_RERANK_MODEL, UsageError, check_model_location, fit_to_width, run_cli
 
 QUERY = "What is the capital of China?"
 DOCUMENTS = [
@@ -35,6 +35,7 @@ def run(argv: Sequence[str] | None = None) -> list[tuple[float, str]]:
     args = parser.parse_args(argv)
     if not args.query.strip():
         raise UsageError("--query must not be empty")
+    check_model_location("--model", args.model)  # before torch loads: a typo should fail in a blink
 
     from qwen3_rerank_integrations import LocalScorer
 

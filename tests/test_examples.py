@@ -1,0 +1,165 @@
+"""The example scripts run end to end offline: MiniLM stands in for bge, the tiny Qwen3 for the reranker.
+
+Each pipeline's table is checked against an independent computation: the top-k by cosine similarity straight
+from sentence-transformers, scored by the official reference method, best first, cut to top-n.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PIPELINES = ("langchain_two_stage", "llama_index_two_stage")
+QUERY = "How do attackers steal data from a server?"
+SECURITY_INSTRUCTION = "Given a question about computer security, retrieve passages that answer it"
+TABLE_ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d{4})\s+(\d\.\d{4})\s+(.+)$")
+
+
+@pytest.fixture(scope="module")
+def examples_module():
+    """Import an example by name the way `python examples/NAME.py` would (examples/ first on sys.path)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+@pytest.fixture(scope="module")
+def corpus_texts() -> list[str]:
+    return [json.loads(line)["text"] for line in (EXAMPLES / "corpus.jsonl").read_text("utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+def expected_rows(minilm, reference_scorer, corpus_texts, query, *, top_k, top_n, instruction=None):
+    """(text, retrieval score, rerank score) best first, computed without the package or the frameworks."""
+    from sentence_transformers import util
+
+    corpus = minilm.encode(corpus_texts, normalize_embeddings=True, convert_to_tensor=True)
+    question = minilm.encode([query], normalize_embeddings=True, convert_to_tensor=True)
+    hits = util.semantic_search(question, corpus, top_k=top_k)[0]
+    texts = [corpus_texts[hit["corpus_id"]] for hit in hits]
+    rerank = reference_scorer.score(query, texts, instruction=instruction)
+    rows = [(text, hit["score"], score) for text, hit, score in zip(texts, hits, rerank)]
+    return sorted(rows, key=lambda row: -row[2])[:top_n]
+
+
+def parse_table(output: str) -> list[tuple[int, float, float, str]]:
+    return [
+        (int(m[1]), float(m[2]), float(m[3]), m[4])
+        for m in (TABLE_ROW.match(line) for line in output.splitlines())
+        if m
+    ]
+
+
+def assert_matches(rows, printed, expected, top_n):
+    """The returned rows equal the independent computation, and the printed table shows them in order."""
+    assert len(rows) == len(printed) == top_n
+    assert [r.text for r in rows] == [e[0] for e in expected]
+    for row, (_, retrieval, rerank) in zip(rows, expected):
+        assert row.rerank_score == pytest.approx(rerank, abs=1e-5)
+        assert row.retrieval_score == pytest.approx(retrieval, abs=1e-5)
+    assert [p[0] for p in printed] == list(range(1, top_n + 1))
+    shown = [p[2] for p in printed]
+    assert shown == sorted(shown, reverse=True)
+    for row, (_, retrieval, rerank, text) in zip(rows, printed):
+        assert rerank == pytest.approx(row.rerank_score, abs=5.1e-5)  # printed with 4 decimals
+        assert retrieval == pytest.approx(row.retrieval_score, abs=5.1e-5)
+        assert " ".join(row.text.split()).startswith(text.rstrip("…"))
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "top_k", "top_n", "instruction"),
+    [("langchain_two_stage", 8, 3, None), ("llama_index_two_stage", 10, 4, SECURITY_INSTRUCTION)],
+)
+def test_pipeline_local_backend(examples_module, capsys, tiny_model_dir, minilm_dir, minilm, reference_scorer,
+                                corpus_texts, pipeline, top_k, top_n, instruction):
+    argv = ["--query", QUERY, "--rerank-model", str(tiny_model_dir), "--embed-model", str(minilm_dir),
+            "--device", "cpu", "--top-k", str(top_k), "--top-n", str(top_n)]
+    if instruction:
+        argv += ["--instruction", instruction]
+    rows = examples_module(pipeline).run(argv)
+    output = capsys.readouterr().out
+    assert output.startswith(f"Query: {QUERY}\n")
+    expected = expected_rows(minilm, reference_scorer, corpus_texts, QUERY, top_k=top_k, top_n=top_n,
+                             instruction=instruction)
+    assert_matches(rows, parse_table(output), expected, top_n)
+
+
+def test_quickstart_ranks_its_documents(examples_module, capsys, tiny_model_dir, reference_scorer):
+    quickstart = examples_module("quickstart")
+    assert quickstart.main(["--model", str(tiny_model_dir), "--device", "cpu"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if re.match(r"^\s*\d+\. ", line)]
+    expected = sorted(zip(reference_scorer.score(quickstart.QUERY, quickstart.DOCUMENTS), quickstart.DOCUMENTS),
+                      reverse=True)
+    assert len(lines) == len(quickstart.DOCUMENTS)
+    for line, (score, document) in zip(lines, expected):
+        rank_text, shown_score, shown_document = line.split(maxsplit=2)
+        assert float(shown_score) == pytest.approx(score, abs=5.1e-5)
+        assert shown_document == document
+
+
+def test_table_cuts_wide_characters_by_terminal_columns(examples_module):
+    common = examples_module("_pipeline_common")
+    assert common.fit_to_width("北京是中华人民共和国的首都。", 11) == "北京是中华…"  # 5 CJK = 10 columns + "…"
+    assert common.fit_to_width("short  text\n", 40) == "short text"
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run an example the way a user does; bad flags must fail fast, so a short timeout."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py"), *args], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=EXAMPLES.parent)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "error:" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once the socket closes
+
+
+@pytest.mark.parametrize("script", PIPELINES)
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--query", "  "], ["--query must not be empty"]),
+        (["--rerank-model", "/no/such/reranker"], ["--rerank-model", "/no/such/reranker", "no such folder"]),
+        (["--embed-model", "./missing-embedder"], ["--embed-model", "no such folder"]),
+        (["--top-n", "0"], ["--top-n must be at least 1"]),
+        (["--backend", "vllm"], ["--base-url"]),
+    ],
+    ids=["empty-query", "missing-rerank-model", "missing-embed-model", "zero-top-n", "vllm-without-url"],
+)
+def test_bad_flags_fail_in_one_line(script, flags, fragments):
+    assert_one_line_error(run_script(script, *flags), *fragments)
+
+
+def test_quickstart_missing_model_folder_fails_in_one_line(tmp_path):
+    missing = str(tmp_path / "no-model-here")
+    assert_one_line_error(run_script("quickstart", "--model", missing, "--device", "cpu"), missing)

@@ -1,0 +1,68 @@
+"""examples/rag_two_stage.ipynb runs top to bottom offline (nbclient), on MiniLM and the tiny Qwen3, and its
+reranked passages are the official method's top-n of the embedding top-k."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.test_examples import EXAMPLES, corpus_texts, expected_rows, minilm  # noqa: F401 - fixtures
+
+NOTEBOOK = EXAMPLES / "rag_two_stage.ipynb"
+# Run after the notebook's own cells, in its kernel: what it computed, at full precision.
+PROBE = """import json
+print("PROBE" + json.dumps({
+    "query": QUERY, "top_k": TOP_K, "top_n": TOP_N,
+    "reranked": [[d.page_content, d.metadata["retrieval_score"], d.metadata["relevance_score"]] for d in reranked],
+    "prompt": prompt,
+}))"""
+
+
+@pytest.fixture(scope="module")
+def executed(tiny_model_dir, minilm_dir):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    cell_count = len(notebook.cells)
+    notebook.cells.append(new_code_cell(PROBE))
+    with pytest.MonkeyPatch.context() as env:  # the kernel inherits this process's environment
+        env.setenv("EMBED_MODEL", str(minilm_dir))
+        env.setenv("RERANK_MODEL", str(tiny_model_dir))
+        env.setenv("RERANK_DEVICE", "cpu")
+        env.delenv("RERANK_BASE_URL", raising=False)
+        env.setenv("HF_HUB_OFFLINE", "1")
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    return notebook, cell_count
+
+
+def test_notebook_is_saved_without_outputs():
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+def test_notebook_runs_and_reranks_like_the_reference(executed, minilm, reference_scorer, corpus_texts):
+    notebook, cell_count = executed
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    probe = next(o["text"] for o in notebook.cells[-1].outputs if o.get("name") == "stdout")
+    result = json.loads(probe.split("PROBE", 1)[1])
+    expected = expected_rows(minilm, reference_scorer, corpus_texts, result["query"],
+                             top_k=result["top_k"], top_n=result["top_n"])
+    assert [row[0] for row in result["reranked"]] == [row[0] for row in expected]
+    for (_, retrieval, rerank), (_, expected_retrieval, expected_rerank) in zip(result["reranked"], expected):
+        assert rerank == pytest.approx(expected_rerank, abs=1e-5)
+        assert retrieval == pytest.approx(expected_retrieval, abs=1e-5)
+    assert all(f"[{i}] {row[0]}" in result["prompt"] for i, row in enumerate(expected, start=1))
+    # The notebook's own table shows the same rows, best first.
+    stdout = "".join(o.get("text", "") for c in notebook.cells[:cell_count] for o in c.get("outputs", []))
+    for rank, (text, _, rerank) in enumerate(result["reranked"], start=1):
+        assert re.search(rf"^ *{rank}  .* {rerank:.4f}  {re.escape(text[:40])}", stdout, re.MULTILINE)
