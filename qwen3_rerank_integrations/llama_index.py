@@ -22,6 +22,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, Query
 from pydantic import Field
 
 from ._ranking import Ranked, RerankerBase, scorer_name
+from .scorer import validate_inputs
 
 __all__ = ["Qwen3RerankPostprocessor"]
 
@@ -85,7 +86,9 @@ class Qwen3RerankPostprocessor(RerankerBase, BaseNodePostprocessor):
         for i, node in enumerate(nodes):
             if not isinstance(node, NodeWithScore):
                 raise TypeError(f"nodes[{i}] must be a NodeWithScore, got {type(node).__name__}")
-        return query_bundle.query_str, [node.node.get_content(metadata_mode=self.metadata_mode) for node in nodes]
+        texts = [node.node.get_content(metadata_mode=self.metadata_mode) for node in nodes]
+        # Checked here too (not only in _rank) so a bad query raises before any event is emitted.
+        return query_bundle.query_str, validate_inputs(query_bundle.query_str, texts, self.instruction)
 
     @contextlib.contextmanager
     def _events(self, nodes: list[NodeWithScore], query: str) -> Iterator[list[NodeWithScore]]:
