@@ -27,9 +27,6 @@ CORPUS_PATH = Path(__file__).with_name("corpus.jsonl")
 DEFAULT_EMBED_MODEL = "BAAI/bge-small-en-v1.5"
 DEFAULT_RERANK_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_QUERY = "How do I protect my server from attackers?"
-# The variable VLLMScorer reads when api_key is not given; the key never goes on the command line, where
-# `ps` and shell history would show it.
-API_KEY_ENV = "VLLM_API_KEY"
 
 
 class UsageError(ValueError):
@@ -153,26 +150,23 @@ def build_scorer(args: argparse.Namespace) -> Scorer:
         return LocalScorer(args.rerank_model or DEFAULT_RERANK_MODEL, device=args.device, instruction=args.instruction)
     from qwen3_rerank_integrations import VLLMScorer
 
-    return VLLMScorer(
-        args.base_url, model=args.rerank_model, api_key=os.environ.get(API_KEY_ENV) or None,
-        template=args.template, instruction=args.instruction,
-    )
+    # The API key comes from $VLLM_API_KEY (VLLMScorer's default), never from a flag that `ps` would show.
+    return VLLMScorer(args.base_url, model=args.rerank_model, template=args.template, instruction=args.instruction)
 
 
 def prepare_scorer(scorer: Scorer) -> None:
-    """Fail early: load a local model, or check that a vLLM server answers and serves a reranker, before the
-    (slower) first stage is built."""
+    """Fail early: load a local model, or check that a vLLM server answers, before the (slower) first stage is
+    built. Doubts the server check raises (a double prompt template, an embed-mode server...) are printed as
+    warnings and the run goes on; a server that cannot be used stops it."""
     load = getattr(scorer, "load", None)
     if load is not None:
         load()
         return
-    check = getattr(scorer, "check", None)
-    if check is not None:
-        report = check()
-        problems = [str(p) for p in (getattr(report, "problems", None) or [])]
-        if getattr(report, "ok", True) is False:
-            raise UsageError(f"the vLLM server at {getattr(scorer, 'base_url', '?')} is not usable: "
-                             + ("; ".join(problems) or str(report)))
+    report = scorer.check()  # type: ignore[attr-defined]  # a VLLMScorer
+    if report.error:
+        raise UsageError(f"the vLLM server cannot be used: {report.error}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def describe_backend(args: argparse.Namespace) -> str:

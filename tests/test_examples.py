@@ -101,6 +101,27 @@ def test_pipeline_local_backend(examples_module, capsys, tiny_model_dir, minilm_
     assert_matches(rows, parse_table(output), expected, top_n)
 
 
+@pytest.mark.parametrize(
+    ("pipeline", "server", "template", "instruction"),
+    [
+        ("langchain_two_stage", "vllm_template_server", "server", SECURITY_INSTRUCTION),
+        ("llama_index_two_stage", "vllm_legacy_server", "client", None),
+    ],
+)
+def test_pipeline_vllm_backend(request, examples_module, capsys, minilm_dir, minilm, reference_scorer, corpus_texts,
+                               pipeline, server, template, instruction):
+    base_url = request.getfixturevalue(server).base_url
+    argv = ["--query", QUERY, "--backend", "vllm", "--base-url", base_url, "--template", template,
+            "--embed-model", str(minilm_dir), "--device", "cpu", "--top-k", "6", "--top-n", "2"]
+    if instruction:
+        argv += ["--instruction", instruction]
+    rows = examples_module(pipeline).run(argv)
+    output = capsys.readouterr().out
+    assert f"vLLM at {base_url}, {template} template" in output
+    expected = expected_rows(minilm, reference_scorer, corpus_texts, QUERY, top_k=6, top_n=2, instruction=instruction)
+    assert_matches(rows, parse_table(output), expected, 2)
+
+
 def test_quickstart_ranks_its_documents(examples_module, capsys, tiny_model_dir, reference_scorer):
     quickstart = examples_module("quickstart")
     assert quickstart.main(["--model", str(tiny_model_dir), "--device", "cpu"]) == 0
@@ -158,6 +179,13 @@ def closed_port_url() -> str:
 )
 def test_bad_flags_fail_in_one_line(script, flags, fragments):
     assert_one_line_error(run_script(script, *flags), *fragments)
+
+
+def test_unreachable_base_url_fails_in_one_line():
+    # One script is enough: both reach the server through _pipeline_common.prepare_scorer.
+    url = closed_port_url()
+    result = run_script("langchain_two_stage", "--backend", "vllm", "--base-url", url, "--query", "q")
+    assert_one_line_error(result, "vLLM server cannot be used", "could not reach")
 
 
 def test_quickstart_missing_model_folder_fails_in_one_line(tmp_path):
