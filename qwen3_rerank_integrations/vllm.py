@@ -196,6 +196,7 @@ class VLLMScorer(BaseModel):
     _local_tokenizer: Any = PrivateAttr(None)
     _context: int | None = PrivateAttr(None)
     _context_known: bool = PrivateAttr(False)
+    _fixed_counts: tuple[int, int, int] | None = PrivateAttr(None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, base_url: str, /, **data: Any) -> None:
@@ -313,19 +314,26 @@ class VLLMScorer(BaseModel):
         return Call("POST", path, build(query, documents, model=self.model, instruction=sent_instruction))
 
     def _fit_plan(self, query: str, docs: list[str], instruction: str) -> Plan[list[str]]:
-        """Cut documents whose prompt exceeds the context, the official way (token-level, from the tail)."""
+        """Cut documents whose prompt exceeds the context, the official way (token-level, from the tail).
+
+        Token counting costs requests, so it is done only for documents that may not fit: first by UTF-8 bytes
+        alone, then with the prefix's and suffix's real token counts (learned once), then by tokenizing.
+        """
         limit = yield from self._limit_plan()
         if limit is None:
             return docs
         head = PREFIX + query_part(query, instruction)
-        head_bound = protocol.max_tokens_bound(head)
-        suspects = [
-            i for i, d in enumerate(docs) if head_bound + protocol.max_tokens_bound(document_part(d) + SUFFIX) > limit
-        ]
+        bounds = [protocol.max_tokens_bound(document_part(d)) for d in docs]
+        fixed = protocol.max_tokens_bound(head) + protocol.max_tokens_bound(SUFFIX)
+        if all(fixed + b <= limit for b in bounds):
+            return docs
+        prefix_n, suffix_n, tag_n = yield from self._fixed_counts_plan()
+        fixed = prefix_n + protocol.max_tokens_bound(query_part(query, instruction)) + suffix_n
+        suspects = [i for i, b in enumerate(bounds) if fixed + b > limit]
         if not suspects:
             return docs
-        ids = yield from self._tokenize_plan([head, SUFFIX, _DOCUMENT_TAG] + [document_part(docs[i]) for i in suspects])
-        head_n, suffix_n, tag_n = len(ids[0]), len(ids[1]), len(ids[2])
+        ids = yield from self._tokenize_plan([head] + [document_part(docs[i]) for i in suspects])
+        head_n = len(ids[0])
         if head_n + tag_n + suffix_n > limit:
             raise ValueError(
                 f"the context of {limit} tokens is too small for this query and instruction: the prompt without "
@@ -333,7 +341,7 @@ class VLLMScorer(BaseModel):
                 + (" or raise max_length" if self.max_length is not None else "")
             )
         keep = limit - head_n - suffix_n  # tokens left for "<Document>: " + text
-        over = {i: doc_ids for i, doc_ids in zip(suspects, ids[3:]) if len(doc_ids) > keep}
+        over = {i: doc_ids for i, doc_ids in zip(suspects, ids[1:]) if len(doc_ids) > keep}
         if not over:
             return docs
         cut = yield from self._cut_plan(over, keep, tag_n)
@@ -341,6 +349,13 @@ class VLLMScorer(BaseModel):
         for i, text in cut.items():
             fitted[i] = text
         return fitted
+
+    def _fixed_counts_plan(self) -> Plan[tuple[int, int, int]]:
+        """Token counts of PREFIX, SUFFIX and the empty document part; asked once, then cached."""
+        if self._fixed_counts is None:
+            ids = yield from self._tokenize_plan([PREFIX, SUFFIX, _DOCUMENT_TAG])
+            self._fixed_counts = (len(ids[0]), len(ids[1]), len(ids[2]))
+        return self._fixed_counts
 
     def _cut_plan(self, over: dict[int, list[int]], keep: int, tag_n: int) -> Plan[dict[int, str]]:
         """Text for each over-long document whose re-tokenization is its first ``keep`` official tokens.

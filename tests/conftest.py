@@ -101,38 +101,47 @@ def documents() -> list[str]:
 
 
 # ------------------------------------------------------------------------------ vLLM stand-ins (tests/vllm_standin.py)
-def _standin(mode: str, reference_model, tiny_model_dir):
+@pytest.fixture(scope="session")
+def vllm_standin_tokenizer(tiny_model_dir):
+    """The tokenizer the stand-ins share; its own instance, since the server's threads must not share one with
+    the test thread."""
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _standin(mode: str, reference_model, tokenizer):
     from tests.vllm_standin import VLLMStandIn
 
-    # Its own tokenizer instance: the server's threads must not share one with the test thread.
-    return VLLMStandIn(mode, model=reference_model[0], tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir))
+    return VLLMStandIn(mode, model=reference_model[0], tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="session")
-def vllm_legacy_server(reference_model, tiny_model_dir):
+def vllm_legacy_server(reference_model, vllm_standin_tokenizer):
     """A loopback vLLM without a score template (older vLLM, vllm-ascend) on the tiny model, fp32: use
     ``VLLMScorer(server.base_url, template="client")``. Faults: ``server.inject("status", status=503)`` etc.;
     ``server.requests`` records what was sent. Reset after each test that uses it."""
-    server = _standin("legacy", reference_model, tiny_model_dir)
+    server = _standin("legacy", reference_model, vllm_standin_tokenizer)
     yield server
     server.close()
 
 
 @pytest.fixture(scope="session")
-def vllm_template_server(reference_model, tiny_model_dir):
+def vllm_template_server(reference_model, vllm_standin_tokenizer):
     """A loopback vLLM started with the reranker --chat-template (renders the official prompt, honours
     ``instruction``, nested errors): use ``VLLMScorer(server.base_url, template="server")``."""
-    server = _standin("template", reference_model, tiny_model_dir)
+    server = _standin("template", reference_model, vllm_standin_tokenizer)
     yield server
     server.close()
 
 
 @pytest.fixture(autouse=True)
-def _reset_vllm_standins(request):
-    """Clear injected faults and behaviours after each test that used a stand-in (others start none)."""
+def _reset_vllm_standins():
+    """Clear injected faults and behaviours of every stand-in after each test (a no-op when none started)."""
     yield
-    for name in ("vllm_legacy_server", "vllm_template_server"):
-        if name in request.fixturenames:
-            request.getfixturevalue(name).reset()
+    import sys
+
+    standin = sys.modules.get("tests.vllm_standin")
+    if standin is not None:
+        for server in list(standin.VLLMStandIn.live):
+            server.reset()

@@ -24,6 +24,7 @@ import json
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +45,11 @@ FaultKind = Literal[
     "string_score",  # one score is a JSON string
 ]
 _MUTATIONS = {"shuffle", "missing_index", "duplicate_index", "out_of_range_index", "nan_score", "string_score"}
+
+
+# One model/tokenizer user at a time across all stand-ins, like an engine; so stand-ins may share a tokenizer
+# (but not with the test's own thread: fast tokenizers refuse concurrent use).
+_ENGINE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Recorded:
 class VLLMStandIn:
     """A vLLM-like server on ``base_url``. ``model=None`` with a ``score_override`` needs no model at all."""
 
+    live: weakref.WeakSet[VLLMStandIn] = weakref.WeakSet()  # reset after every test by conftest
+
     def __init__(
         self,
         mode: Literal["legacy", "template"] = "legacy",
@@ -85,7 +93,7 @@ class VLLMStandIn:
         self.max_model_len = max_model_len
         self.served_model_name = served_model_name
         self._default_override = score_override
-        self._lock = threading.Lock()  # one model/tokenizer user at a time, like an engine
+        self._lock = _ENGINE_LOCK
         self._count_lock = threading.Lock()
         if tokenizer is not None:
             self._yes = tokenizer.convert_tokens_to_ids("yes")
@@ -97,6 +105,7 @@ class VLLMStandIn:
         self._thread.start()
         host, port = self._httpd.server_address[:2]
         self.base_url = f"http://{host}:{port}"
+        VLLMStandIn.live.add(self)
 
     # ------------------------------------------------------------------------------------------ controls
     def reset(self) -> None:
@@ -108,6 +117,7 @@ class VLLMStandIn:
         self.api_key: str | None = None
         self.embed_mode = False  # answer like `--convert embed`: cosine-like ~0.8 scores
         self.score_override = self._default_override
+        self.honour_instruction = True  # False: a template server that drops the request's `instruction`
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -234,7 +244,7 @@ class VLLMStandIn:
             raise _HTTPError(400, "stand-in: truncate_prompt_tokens is not expected", "BadRequestError")
         if self.latency:
             time.sleep(self.latency)
-        instruction = body.get("instruction") if self.mode == "template" else None
+        instruction = body.get("instruction") if self.mode == "template" and self.honour_instruction else None
         return self.score_pairs(query, documents, instruction)
 
     def _rerank(self, body: dict[str, Any]) -> dict[str, Any]:
