@@ -1,0 +1,207 @@
+"""examples/webui.py served on 127.0.0.1 and used through headless Chromium, as a person would: type a query and
+documents, press Rerank, read the ranked rows. Screenshots go to $TEST_ARTIFACTS_DIR (default artifacts/).
+
+Needs Debian's chromium and chromium-driver (.ci/run installs them); without them the tests fail, not skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_examples import EXAMPLES, assert_one_line_error, closed_port_url, corpus_texts, run_script  # noqa: F401
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or Path(__file__).resolve().parents[1] / "artifacts")
+SECURITY_INSTRUCTION = "Given a question about computer security, retrieve passages that answer it"
+STARTUP_SECONDS = 240  # importing gradio and torch on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def browser_binaries() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("the web page test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver (.ci/run installs them when missing)")
+    return chromium, driver
+
+
+@pytest.fixture(scope="module")
+def page_url(tiny_model_dir, vllm_template_server, tmp_path_factory):
+    """The page on a free loopback port, offering the tiny model in-process and the template vLLM stand-in."""
+    port = int(closed_port_url().rsplit(":", 1)[1])
+    log_path = tmp_path_factory.mktemp("webui") / "webui.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "webui.py"), "--rerank-model", str(tiny_model_dir), "--device", "cpu",
+             "--base-url", vllm_template_server.base_url, "--template", "server", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"webui.py exited with {server.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"webui.py did not answer on {url} within {STARTUP_SECONDS} s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(browser_binaries):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = browser_binaries
+    options = Options()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1400,1150"):
+        options.add_argument(argument)
+    # An explicit driver path: selenium must not try to download one.
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(browser, url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, 60).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#rerank")))
+
+
+def type_into(browser, selector: str, text: str) -> None:
+    """Replace a textbox's text by typing, so the page sees real input events."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = browser.find_element(By.CSS_SELECTOR, f"{selector} textarea")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    if text:
+        box.send_keys(text)
+
+
+def choose(browser, group: str, label_fragment: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    labels = browser.find_elements(By.CSS_SELECTOR, f"#{group} label")
+    matching = [label for label in labels if label_fragment in label.text]
+    assert len(matching) == 1, [label.text for label in labels]
+    matching[0].click()
+
+
+def rerank_and_read(browser, expect_in_summary: str) -> tuple[str, list[tuple[int, float, str, str]]]:
+    """Press Rerank, wait for the results naming ``expect_in_summary``, and read (rank, score, shown score, text)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.find_element(By.CSS_SELECTOR, "#rerank").click()
+
+    def summary(driver):
+        found = driver.find_elements(By.CSS_SELECTOR, "#results .rerank-summary")
+        return found and expect_in_summary in found[0].text and found[0].text
+
+    text = WebDriverWait(browser, 60).until(summary)
+    rows = [
+        (int(row.get_attribute("data-rank")), float(row.get_attribute("data-score")),
+         row.find_element(By.CSS_SELECTOR, ".rerank-score").text, row.find_element(By.CSS_SELECTOR, ".rerank-text").text)
+        for row in browser.find_elements(By.CSS_SELECTOR, "#results .rerank-row")
+    ]
+    return text, rows
+
+
+def screenshot(browser, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(ARTIFACTS / name))
+
+
+def assert_ranked_like_reference(rows, expected_scores, expected_texts, top_n):
+    expected = sorted(zip(expected_scores, expected_texts), key=lambda pair: -pair[0])[:top_n]
+    assert [rank for rank, *_ in rows] == list(range(1, len(expected) + 1))
+    assert [text for *_, text in rows] == [text for _, text in expected]
+    for (_, score, shown, _), (expected_score, _) in zip(rows, expected):
+        assert score == pytest.approx(expected_score, abs=1e-5)
+        assert shown == f"{score:.4f}"
+
+
+def test_typed_documents_ranked_by_the_local_model(page_url, browser, reference_scorer):
+    documents = [
+        "Most server data theft starts with stolen or weak credentials.",
+        "服务器加固包括关闭不必要的服务和端口。",
+        "<b>Markup</b> & symbols are shown as text, not rendered",
+        "Beijing is the capital of China.",
+    ]
+    query = "How do attackers steal data from a server?"
+    open_page(browser, page_url)
+    type_into(browser, "#query", query)
+    type_into(browser, "#documents", "\n".join(documents) + "\n\n")  # blank lines are not documents
+    choose(browser, "backend", "local:")
+    summary, rows = rerank_and_read(browser, "local:")
+    assert summary.startswith("4 documents scored by local:")
+    assert_ranked_like_reference(rows, reference_scorer.score(query, documents), documents, top_n=10)
+    screenshot(browser, "webui_typed_documents_local.png")
+
+
+def test_bundled_corpus_ranked_by_the_vllm_server(page_url, browser, reference_scorer, corpus_texts):
+    query = "Which passages explain how servers get broken into?"
+    open_page(browser, page_url)
+    type_into(browser, "#query", query)
+    choose(browser, "source", "Bundled corpus")
+    type_into(browser, "#instruction", SECURITY_INSTRUCTION)
+    choose(browser, "backend", "vLLM")
+    summary, rows = rerank_and_read(browser, "vLLM")
+    assert summary.startswith(f"{len(corpus_texts)} documents scored by vLLM")
+    expected = reference_scorer.score(query, corpus_texts, instruction=SECURITY_INSTRUCTION)
+    assert_ranked_like_reference(rows, expected, corpus_texts, top_n=10)
+    screenshot(browser, "webui_bundled_corpus_vllm.png")
+
+
+def test_empty_query_is_refused_on_the_page(page_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, page_url)
+    type_into(browser, "#query", "")
+    browser.find_element(By.CSS_SELECTOR, "#rerank").click()
+    WebDriverWait(browser, 30).until(lambda driver: "Type a query first." in driver.page_source)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results .rerank-row")
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [(["--rerank-model", "/no/such/reranker"], ["--rerank-model", "no such folder"]),
+     (["--backend", "vllm"], ["--base-url"])],
+    ids=["missing-model", "vllm-without-url"],
+)
+def test_bad_flags_fail_in_one_line_before_serving(flags, fragments):
+    assert_one_line_error(run_script("webui", *flags), *fragments)
