@@ -23,6 +23,8 @@ CORPUS = [
     ("العاصمة السعودية هي الرياض", {"source": "geo", "lang": "ar"}),
 ]
 RETRIEVE_K = 6
+# (conftest fixture, VLLMScorer template): a server without the score template, and one started with it.
+VLLM_MODES = [("vllm_legacy_server", "client"), ("vllm_template_server", "server")]
 
 
 def assert_close(actual: Sequence[float], expected: Sequence[float]) -> None:

@@ -13,12 +13,13 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ValidationError
 
-from qwen3_rerank_integrations import LocalScorer, RerankError, ServerError
+from qwen3_rerank_integrations import AuthenticationError, LocalScorer, RerankError, ServerError
 from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
 from tests.adapter_helpers import (
     CORPUS,
     QUERY,
     RETRIEVE_K,
+    VLLM_MODES,
     RecordingScorer,
     ScriptedScorer,
     assert_close,
@@ -86,10 +87,9 @@ async def test_lcel_chain_sync_and_async(base_retriever, local_scorer, retrieved
     reranker = Qwen3RerankCompressor(scorer=local_scorer, top_n=2)
     retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
     prompt = PromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
+    join = RunnableLambda(lambda docs: "\n".join(d.page_content for d in docs))
     chain = (
-        {"context": retriever | (lambda docs: "\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}
-        | prompt
-        | (lambda value: value.to_string())
+        {"context": retriever | join, "question": RunnablePassthrough()} | prompt | (lambda value: value.to_string())
     )
     best = [retrieved[i].page_content for i in expected_ranking(reference, 2)]
     expected = "Context:\n" + "\n".join(best) + f"\n\nQuestion: {QUERY}"
@@ -246,3 +246,54 @@ def test_dump_names_the_scorer_only():
 
 def test_import_pulls_in_neither_torch_nor_llama_index():
     assert heavy_modules_after_import("qwen3_rerank_integrations.langchain") == ["langchain_core"]
+
+
+# ------------------------------------------------------------------------------------------- remote scorer
+@pytest.mark.parametrize(("server_fixture", "template"), VLLM_MODES)
+async def test_contextual_compression_retriever_with_vllm(
+    request, server_fixture, template, base_retriever, retrieved, reference
+):
+    server = request.getfixturevalue(server_fixture)
+    reranker = Qwen3RerankCompressor.from_vllm(server.base_url, template=template, backoff=0.001, top_n=3)
+    retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
+    try:
+        check_reranked(retriever.invoke(QUERY), retrieved, reference, top_n=3)
+        check_reranked(await retriever.ainvoke(QUERY), retrieved, reference, top_n=3)
+    finally:
+        await reranker.scorer.aclose()
+        reranker.scorer.close()
+    assert len(server.scoring_requests()) == 2  # one rerank request per query: the server did the scoring
+
+
+async def test_vllm_instruction_api_key_and_no_secret_leaks(vllm_template_server, reference_scorer, retrieved):
+    secret = "sk-adapter-secret-0123456789"
+    vllm_template_server.api_key = secret
+    instruction = "Given a geography question, retrieve passages naming the city asked for"
+    reranker = Qwen3RerankCompressor.from_vllm(
+        vllm_template_server.base_url, template="server", api_key=secret, instruction=instruction, top_n=None
+    )
+    expected = reference_scorer.score(QUERY, [d.page_content for d in retrieved], instruction=instruction)
+    with reranker.scorer:
+        check_reranked(reranker.compress_documents(retrieved, QUERY), retrieved, expected, top_n=None)
+    assert [r.json["instruction"] for r in vllm_template_server.scoring_requests()] == [instruction]
+    for text in (repr(reranker), str(reranker), reranker.model_dump_json(), str(reranker.model_dump())):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [({"status": 500}, ServerError), ({"status": 401, "message": "bad key"}, AuthenticationError)],
+)
+async def test_vllm_faults_reach_the_pipeline_as_rerank_errors(vllm_legacy_server, base_retriever, fault, expected):
+    vllm_legacy_server.inject("status", times=2, **fault)
+    reranker = Qwen3RerankCompressor.from_vllm(vllm_legacy_server.base_url, max_retries=0)
+    retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
+    try:
+        with pytest.raises(expected):
+            retriever.invoke(QUERY)
+        with pytest.raises(expected):
+            await retriever.ainvoke(QUERY)
+    finally:
+        await reranker.scorer.aclose()
+        reranker.scorer.close()
+    assert issubclass(expected, RerankError)

@@ -14,7 +14,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from qwen3_rerank_integrations import LocalScorer, RerankError, ServerError
 from qwen3_rerank_integrations.llama_index import Qwen3RerankPostprocessor
@@ -22,6 +22,7 @@ from tests.adapter_helpers import (
     CORPUS,
     QUERY,
     RETRIEVE_K,
+    VLLM_MODES,
     RecordingScorer,
     ScriptedScorer,
     assert_close,
@@ -70,7 +71,7 @@ def check_reranked(result, retrieved, reference, top_n, threshold=None) -> None:
 class RerankEvents(BaseEventHandler):
     """Collects the rerank instrumentation events."""
 
-    events: list = []
+    events: list = Field(default_factory=list)
 
     def handle(self, event, **kwargs) -> None:
         if isinstance(event, (ReRankStartEvent, ReRankEndEvent)):
@@ -79,7 +80,7 @@ class RerankEvents(BaseEventHandler):
 
 @pytest.fixture
 def rerank_events():
-    handler = RerankEvents(events=[])
+    handler = RerankEvents()
     root = get_dispatcher()
     root.add_event_handler(handler)
     yield handler.events
@@ -274,13 +275,19 @@ async def test_scorer_faults_surface_as_rerank_error(retrieved, error, expected)
 
 
 # ------------------------------------------------------------------------------------------- construction
-def test_from_model_builds_a_lazy_local_scorer(tiny_model_dir, retrieved, reference):
+def test_from_model_splits_arguments_and_loads_lazily(tiny_model_dir):
+    # Scoring through from_model() is covered on the shared base in test_langchain_adapter.py; here the
+    # postprocessor's own fields must land on it and the scorer's on the scorer.
     reranker = Qwen3RerankPostprocessor.from_model(
-        str(tiny_model_dir), device="cpu", dtype="float32", top_n=2, keep_retrieval_score=True
+        str(tiny_model_dir), device="cpu", max_length=512, top_n=2, keep_retrieval_score=True, instruction="Find it"
     )
     assert isinstance(reranker.scorer, LocalScorer) and not reranker.scorer.loaded
-    assert (reranker.top_n, reranker.keep_retrieval_score, reranker.scorer.device) == (2, True, "cpu")
-    check_reranked(reranker.postprocess_nodes(retrieved, query_str=QUERY), retrieved, reference, top_n=2)
+    assert (reranker.top_n, reranker.keep_retrieval_score, reranker.instruction) == (2, True, "Find it")
+    assert (reranker.scorer.model, reranker.scorer.device, reranker.scorer.max_length) == (
+        str(tiny_model_dir),
+        "cpu",
+        512,
+    )
 
 
 def test_class_name_and_serialization():
@@ -300,3 +307,52 @@ def test_class_name_and_serialization():
 
 def test_import_pulls_in_neither_torch_nor_langchain():
     assert heavy_modules_after_import("qwen3_rerank_integrations.llama_index") == ["llama_index"]
+
+
+# ------------------------------------------------------------------------------------------- remote scorer
+@pytest.mark.parametrize(("server_fixture", "template"), VLLM_MODES)
+async def test_query_engines_with_vllm(request, server_fixture, template, index, retrieved, reference):
+    server = request.getfixturevalue(server_fixture)
+    reranker = Qwen3RerankPostprocessor.from_vllm(server.base_url, template=template, backoff=0.001, top_n=3)
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=RETRIEVE_K, node_postprocessors=[reranker])
+    try:
+        check_reranked(engine.query(QUERY).source_nodes, retrieved, reference, top_n=3)
+        check_reranked((await engine.aquery(QUERY)).source_nodes, retrieved, reference, top_n=3)
+    finally:
+        await reranker.scorer.aclose()
+        reranker.scorer.close()
+    assert len(server.scoring_requests()) == 2  # one rerank request per query: the server did the scoring
+
+
+async def test_vllm_instruction_api_key_and_no_secret_leaks(vllm_template_server, reference_scorer, index, retrieved):
+    secret = "sk-adapter-secret-0123456789"
+    vllm_template_server.api_key = secret
+    instruction = "Given a geography question, retrieve passages naming the city asked for"
+    reranker = Qwen3RerankPostprocessor.from_vllm(
+        vllm_template_server.base_url, template="server", api_key=secret, instruction=instruction, top_n=None
+    )
+    expected = reference_scorer.score(QUERY, embed_texts(retrieved), instruction=instruction)
+    engine = RetrieverQueryEngine.from_args(
+        index.as_retriever(similarity_top_k=RETRIEVE_K), llm=MockLLM(), node_postprocessors=[reranker]
+    )
+    try:
+        check_reranked((await engine.aquery(QUERY)).source_nodes, retrieved, expected, top_n=None)
+    finally:
+        await reranker.scorer.aclose()
+    assert [r.json["instruction"] for r in vllm_template_server.scoring_requests()] == [instruction]
+    for text in (repr(reranker), str(reranker), reranker.to_json(), str(reranker.to_dict())):
+        assert secret not in text
+
+
+async def test_vllm_faults_reach_the_query_engine_as_rerank_errors(vllm_legacy_server, index):
+    vllm_legacy_server.inject("status", status=500, times=2)
+    reranker = Qwen3RerankPostprocessor.from_vllm(vllm_legacy_server.base_url, max_retries=0)
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=RETRIEVE_K, node_postprocessors=[reranker])
+    try:
+        with pytest.raises(ServerError):
+            engine.query(QUERY)
+        with pytest.raises(ServerError):
+            await engine.aquery(QUERY)
+    finally:
+        await reranker.scorer.aclose()
+        reranker.scorer.close()
