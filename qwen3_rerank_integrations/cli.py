@@ -1,6 +1,6 @@
-"""The ``qwen3-rerank`` command line: rerank documents, check a vLLM server, check an accelerator's precision.
+"""The ``qwen3-rerank`` command line: rerank documents, check a vLLM server or an accelerator, benchmark.
 
-Needs the ``cli`` extra (typer); the backends need their own extras (``local`` or ``remote``).
+Needs the ``cli`` extra (typer, rich); each backend needs its own extra (``local`` or ``remote``).
 
 Exit codes, the same for every command:
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -28,11 +28,13 @@ import typer
 from pydantic import ValidationError
 
 from . import __version__
+from ._ranking import rank
 from .errors import RerankError
+from .local import DEFAULT_MODEL
 from .precision import DEFAULT_MAX_ABS_DIFF, DEFAULT_MIN_RANK_AGREEMENT, DEFAULT_MIN_TOP1_AGREEMENT
 from .scorer import validate_inputs
 
-__all__ = ["app", "main", "read_documents", "rank"]
+__all__ = ["app", "main", "read_documents"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -41,15 +43,14 @@ EXIT_RUNTIME_ERROR = 3
 
 # A progress bar pays off once scoring takes more than a few batches.
 _PROGRESS_MIN_DOCUMENTS = 100
-_DEFAULT_LOCAL_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 
 app = typer.Typer(
     name="qwen3-rerank",
-    help="Rerank documents with Qwen3-Reranker (locally or via vLLM), and check servers and accelerators.",
+    help="Rerank documents with Qwen3-Reranker (locally or via vLLM); check servers and accelerators; benchmark.",
     epilog="Exit codes: 0 ok, 1 check failed, 2 bad usage or input, 3 model/device/server error.",
     no_args_is_help=True,
-    rich_markup_mode="markdown",  # reflows docstring paragraphs; "[default: x]" would be eaten as rich markup
     add_completion=False,
+    rich_markup_mode="markdown",  # reflows docstring paragraphs; "[default: x]" in help would be eaten as markup
     # Expected faults are caught and printed in one line; anything else is a bug and shows a plain traceback.
     pretty_exceptions_enable=False,
 )
@@ -125,7 +126,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Rerank documents with Qwen3-Reranker (locally or via vLLM), and check servers and accelerators."""
+    """Rerank documents with Qwen3-Reranker (locally or via vLLM); check servers and accelerators; benchmark."""
 
 
 # ------------------------------------------------------------------------------------------------ input
@@ -140,10 +141,7 @@ def read_documents(source: str, input_format: str = "auto") -> list[str]:
     """
     where = "stdin" if source == "-" else repr(source)
     try:
-        if source == "-":
-            raw = sys.stdin.read()
-        else:
-            raw = Path(source).expanduser().read_text(encoding="utf-8-sig")
+        raw = sys.stdin.read() if source == "-" else Path(source).expanduser().read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"documents file {where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
@@ -175,17 +173,11 @@ def _is_jsonl_record(line: str) -> bool:
     return isinstance(record, dict) and "text" in record
 
 
-def rank(documents: Sequence[str], scores: Sequence[float], top_n: int | None = None) -> list[dict[str, Any]]:
-    """``{index, score, text}`` per document, best first; equal scores keep their input order."""
-    order = sorted(range(len(documents)), key=lambda i: -scores[i])  # sorted() is stable: ties keep input order
-    return [{"index": i, "score": scores[i], "text": documents[i]} for i in order[:top_n]]
-
-
 # ------------------------------------------------------------------------------------------------ output
-def _console(stderr: bool = False) -> Any:
+def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(highlight=False)
 
 
 def _print_ranking(ranking: list[dict[str, Any]]) -> None:
@@ -201,20 +193,16 @@ def _print_ranking(ranking: list[dict[str, Any]]) -> None:
     _console().print(table)
 
 
-def _check_mark(ok: bool) -> str:
+def _verdict(ok: bool) -> str:
     return "[green]ok[/green]" if ok else "[red]FAIL[/red]"
 
 
-# ------------------------------------------------------------------------------------------------ rerank
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model", "-m",
-        help=f"Local backend: a checkpoint folder or hub id (default {_DEFAULT_LOCAL_MODEL}). "
-        "vLLM backend: the served model name (default: the server's only model).",
-        show_default=False,
-    ),
-]
+# ------------------------------------------------------------------------------------------------ shared options
+_LOCAL_PANEL = "Local backend"
+_VLLM_PANEL = "vLLM backend"
+# Options typed for the backend not in use are rejected (see _reject_other_backend_options).
+_LOCAL_ONLY = ("device", "dtype", "source", "progress")
+_VLLM_ONLY = ("base_url", "api_key", "template", "timeout", "max_retries", "ca_bundle")
 
 
 def _device_option(**extra: Any) -> Any:
@@ -228,12 +216,56 @@ def _dtype_option(**extra: Any) -> Any:
 def _source_option(**extra: Any) -> Any:
     return typer.Option(help="Where to download a hub id from ('modelscope' for mainland China).", **extra)
 
-_LOCAL_PANEL = "Local backend"
-_VLLM_PANEL = "vLLM backend"
-_LOCAL_OPTIONS = ("device", "dtype", "max_length", "source", "progress")
-_VLLM_OPTIONS = ("base_url", "api_key", "template")
+
+def _api_key_option(**extra: Any) -> Any:
+    return typer.Option(
+        show_default=False,
+        help="Bearer key of a server started with --api-key (default: $VLLM_API_KEY; prefer the variable, "
+        "command lines are visible to other users). Never printed.",
+        **extra,
+    )
 
 
+def _template_option(**extra: Any) -> Any:
+    return typer.Option(
+        help="'client' formats prompts here (server started without the reranker --chat-template: older vLLM, "
+        "vllm-ascend); 'server' sends raw text (server started with it).",
+        **extra,
+    )
+
+
+def _timeout_option(**extra: Any) -> Any:
+    return typer.Option(min=0.001, help="Seconds to wait for each HTTP request.", **extra)
+
+
+def _retries_option(**extra: Any) -> Any:
+    return typer.Option(min=0, help="Retries of connect errors, timeouts, 429 and 5xx.", **extra)
+
+
+def _ca_bundle_option(**extra: Any) -> Any:
+    return typer.Option(
+        show_default=False, help="CA bundle (PEM) to verify the server's TLS certificate (default: system CAs).", **extra
+    )
+
+
+def _vllm_scorer(
+    base_url: str, *, model: str | None, api_key: str | None, template: Template, timeout: float, max_retries: int,
+    ca_bundle: str | None, max_length: int | None = None,
+) -> Any:
+    from .vllm import VLLMScorer
+
+    options: dict[str, Any] = {"model": model, "template": template.value, "timeout": timeout,
+                               "max_retries": max_retries, "max_length": max_length}
+    if api_key is not None:  # otherwise VLLMScorer reads $VLLM_API_KEY itself
+        options["api_key"] = api_key
+    if ca_bundle is not None:
+        if not Path(ca_bundle).is_file():
+            raise ValueError(f"--ca-bundle {ca_bundle!r} is not a file")
+        options["verify"] = ca_bundle
+    return VLLMScorer(base_url, **options)
+
+
+# ------------------------------------------------------------------------------------------------ rerank
 @app.command()
 def rerank(
     ctx: typer.Context,
@@ -246,23 +278,35 @@ def rerank(
         ),
     ] = "-",
     backend: Annotated[Backend, typer.Option(help="Score in this process, or on a vLLM server.")] = Backend.local,
-    model: ModelOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", show_default=False,
+            help=f"Local backend: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
+            "vLLM backend: the served model name (default: the one the server serves).",
+        ),
+    ] = None,
     instruction: Annotated[
         str | None,
         typer.Option(help="Task instruction (default: the model card's web-search instruction).", show_default=False),
     ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False,
+                     help="Most tokens per prompt; longer documents lose their tail, the question is kept "
+                     "(default: 8192 locally, the server's context on vLLM)."),
+    ] = None,
     top_n: Annotated[
         int | None, typer.Option(min=1, help="Output only the best N (default: all).", show_default=False)
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, show_default=False, help="Output only documents scoring at least this."),
     ] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="JSON list or a table.")] = OutputFormat.json,
     input_format: Annotated[InputFormat, typer.Option(help="How to read FILE.")] = InputFormat.auto,
     device: Annotated[str, _device_option(rich_help_panel=_LOCAL_PANEL)] = "auto",
     dtype: Annotated[DType, _dtype_option(rich_help_panel=_LOCAL_PANEL)] = DType.auto,
-    max_length: Annotated[
-        int,
-        typer.Option(min=1, rich_help_panel=_LOCAL_PANEL,
-                     help="Most tokens per prompt; longer documents lose their tail (the question is kept)."),
-    ] = 8192,
     source: Annotated[Source, _source_option(rich_help_panel=_LOCAL_PANEL)] = Source.huggingface,
     progress: Annotated[
         bool | None,
@@ -274,18 +318,11 @@ def rerank(
         typer.Option(rich_help_panel=_VLLM_PANEL, show_default=False,
                      help="The server, e.g. http://localhost:8000 (required with --backend vllm)."),
     ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar="QWEN3_RERANK_API_KEY", rich_help_panel=_VLLM_PANEL, show_default=False,
-                     help="The server's --api-key; prefer the environment variable (command lines are visible to "
-                     "other users)."),
-    ] = None,
-    template: Annotated[
-        Template,
-        typer.Option(rich_help_panel=_VLLM_PANEL,
-                     help="'client' formats prompts here (server started without the reranker --chat-template); "
-                     "'server' sends raw text (server started with it)."),
-    ] = Template.client,
+    api_key: Annotated[str | None, _api_key_option(rich_help_panel=_VLLM_PANEL)] = None,
+    template: Annotated[Template, _template_option(rich_help_panel=_VLLM_PANEL)] = Template.client,
+    timeout: Annotated[float, _timeout_option(rich_help_panel=_VLLM_PANEL)] = 60.0,
+    max_retries: Annotated[int, _retries_option(rich_help_panel=_VLLM_PANEL)] = 3,
+    ca_bundle: Annotated[str | None, _ca_bundle_option(rich_help_panel=_VLLM_PANEL)] = None,
 ) -> None:
     """Score documents against QUERY and print them best first.
 
@@ -304,16 +341,19 @@ def rerank(
             show_progress = progress if progress is not None else (
                 len(documents) >= _PROGRESS_MIN_DOCUMENTS and sys.stderr.isatty()
             )
-            scorer: Any = LocalScorer(
-                model or _DEFAULT_LOCAL_MODEL, device=device, dtype=dtype.value, max_length=max_length,
-                source=source.value, show_progress_bar=show_progress,
-            )
+            local_options: dict[str, Any] = {"max_length": max_length} if max_length is not None else {}
+            scorer = LocalScorer(model or DEFAULT_MODEL, device=device, dtype=dtype.value, source=source.value,
+                                 show_progress_bar=show_progress, **local_options)
+            scores = scorer.score(query, documents, instruction=instruction)
         else:
-            from .vllm import VLLMScorer
-
-            scorer = VLLMScorer(base_url, model=model, api_key=api_key, template=template.value)
-        scores = scorer.score(query, documents, instruction=instruction)
-    ranking = rank(documents, scores, top_n)
+            assert base_url is not None  # checked above
+            with _vllm_scorer(base_url, model=model, api_key=api_key, template=template, timeout=timeout,
+                              max_retries=max_retries, ca_bundle=ca_bundle, max_length=max_length) as remote:
+                scores = remote.score(query, documents, instruction=instruction)
+    ranking = [
+        {"index": kept.index, "score": kept.score, "text": documents[kept.index]}
+        for kept in rank(scores, top_n=top_n, score_threshold=threshold)
+    ]
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(ranking, ensure_ascii=False, indent=2))
     else:
@@ -322,7 +362,7 @@ def rerank(
 
 def _reject_other_backend_options(ctx: typer.Context, backend: Backend) -> None:
     """An option typed for the other backend is a mistake: say so rather than silently ignore it."""
-    other = _VLLM_OPTIONS if backend is Backend.local else _LOCAL_OPTIONS
+    other = _VLLM_ONLY if backend is Backend.local else _LOCAL_ONLY
     typed = [name for name in other if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
     if typed:
         flags = ", ".join("--" + name.replace("_", "-") for name in typed)
@@ -330,20 +370,63 @@ def _reject_other_backend_options(ctx: typer.Context, backend: Backend) -> None:
         raise ValueError(f"{flags} only apply to --backend {other_backend}")
 
 
+# ------------------------------------------------------------------------------------------------ check-server
+@app.command("check-server")
+def check_server(
+    url: Annotated[str, typer.Argument(metavar="URL", help="The vLLM server, e.g. http://localhost:8000.")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", show_default=False,
+                     help="The served model name you will use (default: the one the server serves)."),
+    ] = None,
+    template: Annotated[Template, _template_option()] = Template.client,
+    min_gap: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0,
+                     help="Smallest accepted canary gap: P(yes) of a relevant minus an irrelevant document."),
+    ] = 0.5,
+    api_key: Annotated[str | None, _api_key_option()] = None,
+    timeout: Annotated[float, _timeout_option()] = 60.0,
+    max_retries: Annotated[int, _retries_option()] = 3,
+    ca_bundle: Annotated[str | None, _ca_bundle_option()] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="A readable report or JSON.")] = (
+        OutputFormat.table
+    ),
+) -> None:
+    """Check that a vLLM server gives official Qwen3-Reranker scores, the way this client will call it.
+
+    Reports the health, the served models and context length, a canary pair's scores and gap, and the
+    known misconfigurations (embed mode, a missing or doubled prompt template, another model, an ignored
+    instruction). Exits 1 when the server would give wrong scores, 3 when it cannot be reached.
+    """
+    with _exit_on_error():
+        with _vllm_scorer(url, model=model, api_key=api_key, template=template, timeout=timeout,
+                          max_retries=max_retries, ca_bundle=ca_bundle) as scorer:
+            report = scorer.check(min_gap=min_gap)
+    if report.error and report.healthy is None:  # never reached the server: there is nothing to report
+        _fail(" ".join(report.error.split()), EXIT_RUNTIME_ERROR)
+    if output_format is OutputFormat.json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
 # ------------------------------------------------------------------------------------------------ check-device
 @app.command("check-device")
 def check_device(
     model: Annotated[
         str, typer.Option("--model", "-m", help="A checkpoint folder or hub id, scored on both sides.")
-    ] = _DEFAULT_LOCAL_MODEL,
+    ] = DEFAULT_MODEL,
     device: Annotated[str, _device_option()] = "auto",
     dtype: Annotated[DType, _dtype_option()] = DType.auto,
     source: Annotated[Source, _source_option()] = Source.huggingface,
     max_abs_diff: Annotated[
         float | None,
-        typer.Option(min=0.0, max=1.0, help="Largest score difference accepted (default: "
-                     f"{DEFAULT_MAX_ABS_DIFF['float32']:g} for float32, {DEFAULT_MAX_ABS_DIFF['bfloat16']:g} for "
-                     "bfloat16/float16).", show_default=False),
+        typer.Option(min=0.0, max=1.0, show_default=False,
+                     help=f"Largest score difference accepted (default: {DEFAULT_MAX_ABS_DIFF['float32']:g} for "
+                     f"float32, {DEFAULT_MAX_ABS_DIFF['bfloat16']:g} for bfloat16/float16)."),
     ] = None,
     min_rank_agreement: Annotated[
         float, typer.Option(min=-1.0, max=1.0, help="Lowest mean Kendall's tau (per-query ranking) accepted.")
@@ -391,16 +474,57 @@ def _print_precision_report(report: Any, model: str) -> None:
                       "same" if item.top1_match else "[red]differs[/red]")
     console.print(table)
     console.print(f"max abs diff    {report.max_abs_diff:.3g} (<= {report.threshold_max_abs_diff:g}) "
-                  f"{_check_mark(report.max_abs_diff <= report.threshold_max_abs_diff)}")
+                  f"{_verdict(report.max_abs_diff <= report.threshold_max_abs_diff)}")
     console.print(f"mean abs diff   {report.mean_abs_diff:.3g}")
     console.print(f"rank agreement  {report.rank_agreement:.3f} (>= {report.threshold_rank_agreement:g}) "
-                  f"{_check_mark(report.rank_agreement >= report.threshold_rank_agreement)}")
+                  f"{_verdict(report.rank_agreement >= report.threshold_rank_agreement)}")
     console.print(f"top-1 agreement {report.top1_agreement:.3f} (>= {report.threshold_top1_agreement:g}) "
-                  f"{_check_mark(report.top1_agreement >= report.threshold_top1_agreement)}")
-    if report.passed:
-        console.print("[green]PASS[/green]")
-    else:
-        console.print(f"[red]FAIL[/red]: {'; '.join(report.failures)}")
+                  f"{_verdict(report.top1_agreement >= report.threshold_top1_agreement)}")
+    console.print("[green]PASS[/green]" if report.passed else f"[red]FAIL[/red]: {'; '.join(report.failures)}")
+
+
+# ------------------------------------------------------------------------------------------------ bench
+@app.command()
+def bench(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", show_default=False,
+                     help="A checkpoint folder or hub id (default: random weights of the 0.6B shape, no download)."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(show_default=False, help="Qwen3 tokenizer folder for random weights.")
+    ] = None,
+    layers: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False, help="Decoder layers of the random model (default: 4 on CPU, 28 else)."),
+    ] = None,
+    docs: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False, help="Documents to score (default: 48 on CPU, 512 on accelerators)."),
+    ] = None,
+    device: Annotated[str, _device_option()] = "cpu",
+    dtype: Annotated[DType, _dtype_option()] = DType.auto,
+    reps: Annotated[int, typer.Option(min=1, help="Timed repetitions per method; the best is reported.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the random workload.")] = 1,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="A table or JSON.")] = OutputFormat.table,
+) -> None:
+    """Benchmark LocalScorer against the official method and sentence-transformers' CrossEncoder.
+
+    Each method scores the same documents with the same weights on the same device, in its own process;
+    prints tokens/s, pairs/s, peak memory, speed ratios and each method's largest score difference from
+    the official method. Progress goes to stderr.
+    """
+    from .benchmark import BenchmarkConfig, run_benchmark
+
+    with _exit_on_error():
+        config = BenchmarkConfig(model=model, tokenizer=tokenizer, layers=layers, docs=docs, device=device,
+                                 dtype=dtype.value, reps=reps, seed=seed)
+        try:
+            report = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
+        except RuntimeError as exc:  # a worker failed: its message ends with the worker's traceback
+            lines = str(exc).strip().splitlines()
+            raise RerankError(lines[0] + (f" {lines[-1]}" if len(lines) > 1 else "")) from exc
+    typer.echo(report.model_dump_json(indent=2) if output_format is OutputFormat.json else report.table())
 
 
 def main() -> None:

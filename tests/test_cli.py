@@ -4,15 +4,15 @@ the precision check (end to end and its pure comparison), and one run of the ins
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from qwen3_rerank_integrations.cli import app, rank, read_documents
+from qwen3_rerank_integrations.cli import app, read_documents
 from qwen3_rerank_integrations.precision import (
     PRECISION_SET,
     check_device,
@@ -53,47 +53,58 @@ def assert_matches_reference(ranking: list[dict], documents: list[str], expected
 
 
 # ------------------------------------------------------------------------------------------------ rerank
-def test_rerank_jsonl_equals_official_method(tmp_path, tiny_model_dir, reference_scorer, documents):
+def test_rerank_jsonl_top_n_equals_official_method(tmp_path, tiny_model_dir, reference_scorer, documents):
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps({"id": i, "text": doc}) for i, doc in enumerate(documents)), "utf-8")
-    result = invoke("rerank", QUERY, path, *local_args(tiny_model_dir))
+    result = invoke("rerank", QUERY, path, "--top-n", 5, *local_args(tiny_model_dir))
     assert result.exit_code == 0, result.output
     ranking = json.loads(result.stdout)
-    assert sorted(row["index"] for row in ranking) == list(range(len(documents)))  # empty texts kept in JSONL
-    assert_matches_reference(ranking, documents, reference_scorer.score(QUERY, documents))
-
-
-def test_rerank_lines_with_blank_lines_top_n_and_instruction(tmp_path, tiny_model_dir, reference_scorer):
-    documents = ["Beijing is the capital of China.", "Gravity pulls.", "北京是首都。", "Paris is in France."]
-    path = tmp_path / "docs.txt"
-    path.write_text("\n\n".join(documents) + "\n", "utf-8")
-    instruction = "Find the city that answers the question"
-    result = invoke("rerank", QUERY, path, "--top-n", 2, "--instruction", instruction, *local_args(tiny_model_dir))
-    assert result.exit_code == 0, result.output
-    ranking = json.loads(result.stdout)
-    expected = reference_scorer.score(QUERY, documents, instruction=instruction)
-    best_two = sorted(range(len(documents)), key=lambda i: -expected[i])[:2]
-    assert [row["index"] for row in ranking] == best_two  # indexes count documents, not file lines
+    expected = reference_scorer.score(QUERY, documents)  # JSONL keeps the empty and whitespace documents
+    assert [row["score"] for row in ranking] == pytest.approx(sorted(expected, reverse=True)[:5], abs=TOLERANCE)
     assert_matches_reference(ranking, documents, expected)
 
 
-def test_rerank_stdin_table_prints_text_verbatim_with_progress(tiny_model_dir, reference_scorer):
-    documents = ["Beijing is the capital.", "[bold]Gravity[/bold] pulls.", "Shanghai is big."]
-    result = invoke("rerank", QUERY, "--format", "table", "--progress", *local_args(tiny_model_dir),
-                    stdin="\n".join(documents))
+def test_rerank_lines_table_instruction_progress(tmp_path, tiny_model_dir, reference_scorer):
+    documents = ["Beijing is the capital of China.", "[bold]Gravity[/bold] pulls.", "北京是首都。", "Paris is in France."]
+    path = tmp_path / "docs.txt"
+    path.write_text("\n\n".join(documents) + "\n", "utf-8")  # blank lines between documents
+    instruction = "Find the city that answers the question"
+    result = invoke("rerank", QUERY, path, "--instruction", instruction, "--format", "table", "--progress",
+                    *local_args(tiny_model_dir))
     assert result.exit_code == 0, result.output
-    expected = reference_scorer.score(QUERY, documents)
-    rows = [line for line in result.stdout.splitlines() if any(doc in line for doc in documents)]
-    assert len(rows) == 3  # one row per document; the markup is printed as written, not interpreted
-    order = sorted(range(3), key=lambda i: -expected[i])
-    for row, i in zip(rows, order):
-        assert documents[i] in row and f"{expected[i]:.6f}"[:-1] in row
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
+    ranking = [{"index": int(index), "score": float(score), "text": text} for _, index, score, text in rows]
+    assert sorted(row["index"] for row in ranking) == [0, 1, 2, 3]
+    # indexes count documents, not file lines; "[bold]" is printed as written; scores shown to 6 decimals.
+    assert_matches_reference(ranking, documents, reference_scorer.score(QUERY, documents, instruction=instruction))
     assert "reranking" in result.stderr  # LocalScorer's tqdm bar, on stderr so stdout stays parseable
 
 
-def test_rank_sorts_by_score_and_keeps_input_order_for_ties():
-    ranking = rank(["a", "b", "c", "d"], [0.5, 0.9, 0.5, 0.1], top_n=3)
-    assert [(row["index"], row["text"]) for row in ranking] == [(1, "b"), (0, "a"), (2, "c")]
+def vllm_args(server, *extra: str) -> list[str]:
+    return ["--backend", "vllm", "--base-url", server.base_url, "--max-retries", "0", *extra]
+
+
+def test_rerank_vllm_legacy_server_equals_official_method(vllm_legacy_server, reference_scorer, documents):
+    # JSONL on stdin keeps the empty and whitespace documents; the client formats the prompts itself.
+    lines = "\n".join(json.dumps({"text": doc}) for doc in documents)
+    result = invoke("rerank", QUERY, *vllm_args(vllm_legacy_server), stdin=lines)
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.stdout)
+    assert len(ranking) == len(documents)
+    assert_matches_reference(ranking, documents, reference_scorer.score(QUERY, documents))
+
+
+def test_rerank_vllm_template_server_with_instruction_and_threshold(vllm_template_server, reference_scorer):
+    documents = ["Beijing is the capital of China.", "Gravity pulls.", "北京是首都。"]
+    instruction = "Find the city that answers the question"
+    expected = reference_scorer.score(QUERY, documents, instruction=instruction)
+    threshold = sorted(expected)[1]  # keeps the best two
+    result = invoke("rerank", QUERY, "--instruction", instruction, "--threshold", threshold,
+                    *vllm_args(vllm_template_server, "--template", "server"), stdin="\n".join(documents))
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.stdout)
+    assert len(ranking) == 2
+    assert_matches_reference(ranking, documents, expected)
 
 
 def test_read_documents_formats(tmp_path):
@@ -132,6 +143,50 @@ def test_usage_errors_and_version():
     assert invoke("rerank", QUERY, "--top-n", 0).exit_code == 2
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("qwen3-rerank ")
+
+
+# ------------------------------------------------------------------------------------------------ check-server
+def test_check_server_passes_on_a_working_server(vllm_legacy_server):
+    # The tiny random model cannot tell Beijing from gravity; a real reranker scores the canary like this.
+    vllm_legacy_server.score_override = lambda query, doc: 0.99 if "Beijing" in doc else 0.01
+    result = invoke("check-server", vllm_legacy_server.base_url)
+    assert result.exit_code == 0, result.output
+    assert ": OK" in result.stdout and "context 4096 tokens" in result.stdout and "gap 0.9800" in result.stdout
+
+
+def test_check_server_fails_on_embed_mode(vllm_legacy_server):
+    vllm_legacy_server.embed_mode = True  # served with --convert embed: every document ~0.8
+    result = invoke("check-server", vllm_legacy_server.base_url, "--format", "json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and any("embed mode" in warning for warning in report["warnings"])
+
+
+def test_check_server_rejected_key_fails_and_is_never_printed(vllm_legacy_server):
+    vllm_legacy_server.api_key = "server-key-1234"
+    result = invoke("check-server", vllm_legacy_server.base_url, "--api-key", "client-key-5678")
+    assert result.exit_code == 1, result.output
+    assert "401" in result.stdout
+    assert "client-key-5678" not in result.output and "server-key-1234" not in result.output
+    rerank_result = invoke("rerank", QUERY, *vllm_args(vllm_legacy_server, "--api-key", "client-key-5678"),
+                           stdin="doc\n")
+    assert_one_line_error(rerank_result, 3, "401")
+    assert "client-key-5678" not in rerank_result.output
+
+
+def test_unreachable_server_exits_3_with_one_line(unused_port_url):
+    assert_one_line_error(invoke("check-server", unused_port_url, "--max-retries", "0"), 3, "127.0.0.1")
+    result = invoke("rerank", QUERY, "--backend", "vllm", "--base-url", unused_port_url, "--max-retries", "0",
+                    stdin="doc\n")
+    assert_one_line_error(result, 3, "127.0.0.1")
+
+
+@pytest.fixture
+def unused_port_url() -> str:
+    with socket.socket() as probe:  # bind, learn the port, close: nothing listens there afterwards
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 # ------------------------------------------------------------------------------------------------ check-device
@@ -225,20 +280,61 @@ def test_precision_set_is_english_and_chinese_relevant_and_not():
         default_max_abs_diff("int8")
 
 
+# ------------------------------------------------------------------------------------------------ bench
+def _bench_report():
+    from qwen3_rerank_integrations.benchmark import BenchmarkReport, MethodResult
+
+    results = [
+        MethodResult(name=name, seconds=seconds, tokens_per_s=1000 / seconds, pairs_per_s=4 / seconds, peak_gib=0.5,
+                     max_abs_diff_vs_official=None if name == "official" else 3e-8)
+        for name, seconds in (("official", 4.0), ("crossencoder", 2.0), ("local_scorer", 1.0))
+    ]
+    return BenchmarkReport(device="cpu", dtype="float32", model="m", documents=4, real_tokens=1000, results=results)
+
+
+def test_bench_passes_options_and_prints_the_table(monkeypatch):
+    # A real run takes minutes on 2 cores (three worker processes); here the CLI's part: options in, table out.
+    seen = {}
+
+    def fake_run_benchmark(config, *, log):
+        seen["config"] = config
+        log("running official ...")
+        return _bench_report()
+
+    monkeypatch.setattr("qwen3_rerank_integrations.benchmark.run_benchmark", fake_run_benchmark)
+    result = invoke("bench", "--model", "m", "--docs", 4, "--layers", 2, "--reps", 1, "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    assert seen["config"].model_dump(include={"model", "docs", "layers", "reps", "dtype", "device"}) == {
+        "model": "m", "docs": 4, "layers": 2, "reps": 1, "dtype": "float32", "device": "cpu"}
+    assert result.stdout.strip() == _bench_report().table()
+    assert result.stderr.strip() == "running official ..."  # progress stays off stdout
+
+
+def test_bench_errors_exit_with_one_line(monkeypatch):
+    # Unmocked: the real benchmark resolves the device first.
+    assert_one_line_error(invoke("bench", "--device", "npu:7"), 3, "npu")
+
+    def failing_worker(config, *, log):
+        raise RuntimeError("benchmark worker 'crossencoder' failed:\nTraceback ...\nImportError: no module x")
+
+    monkeypatch.setattr("qwen3_rerank_integrations.benchmark.run_benchmark", failing_worker)
+    assert_one_line_error(invoke("bench"), 3, "'crossencoder' failed: ImportError: no module x")
+
+
 # ------------------------------------------------------------------------------------------------ installed script
-def test_installed_console_script(tmp_path, tiny_model_dir, reference_scorer):
+def test_installed_console_script(tmp_path, vllm_legacy_server, reference_scorer):
+    # Against the vLLM stand-in, so the child process needs no torch and starts fast.
     script = shutil.which("qwen3-rerank")
     assert script, "the qwen3-rerank console script is not installed: python -m pip install -e ."
-    documents = ["Beijing is the capital of China.", "Gravity pulls."]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    documents = ["Beijing is the capital of China.", "Gravity pulls.", "北京是首都。"]
     completed = subprocess.run(
-        [script, "rerank", QUERY, "-", *local_args(tiny_model_dir)],
-        input="\n".join(documents), capture_output=True, text=True, env=env, timeout=120, check=False,
+        [script, "rerank", QUERY, "-", *vllm_args(vllm_legacy_server)],
+        input="\n".join(documents), capture_output=True, text=True, encoding="utf-8", timeout=120, check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert_matches_reference(json.loads(completed.stdout), documents, reference_scorer.score(QUERY, documents))
     failed = subprocess.run([script, "rerank", QUERY, str(tmp_path / "missing.txt")],
-                            capture_output=True, text=True, env=env, timeout=60, check=False)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert failed.returncode == 2 and failed.stderr.startswith("Error: ") and "Traceback" not in failed.stderr
 
 
