@@ -466,6 +466,12 @@ class VLLMScorer(BaseModel):
             state.doubt(f"could not count the official prompt's tokens ({exc}); template not verified")
             return
         state.expected_prompt_tokens = expected
+        if self.template == "server" and instruction != DEFAULT_INSTRUCTION and not state.tokens_agree(expected):
+            # Maybe the template is right but the server dropped `instruction` and used its default.
+            default_expected = yield from self._prompt_tokens_plan(CANARY_QUERY, docs, DEFAULT_INSTRUCTION)
+            if state.tokens_agree(default_expected):
+                state.judge_instruction(state.prompt_tokens, expected)
+                return
         if not state.judge_template() or self.template != "server":
             return
         (probe,) = yield [self._scoring_call(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)]
@@ -740,15 +746,20 @@ class _CheckState:
                 "Qwen3-Reranker gives > 0.9. Check the served model, its hf_overrides and the template setting."
             )
 
+    def tokens_agree(self, expected: int) -> bool:
+        """Whether the server's count of the two canary prompts matches ``expected`` (embed mode adds one pad
+        token per pair, so allow that)."""
+        return self.prompt_tokens is not None and abs(self.prompt_tokens - expected) <= 2
+
     def judge_template(self) -> bool:
         """Compare the server's prompt-token count with the official prompt's; True when they agree."""
         observed, expected = self.prompt_tokens, self.expected_prompt_tokens
         if observed is None or expected is None:
             self.doubt("the server reports no token usage; the prompt template could not be verified")
             return False
-        per_doc = (observed - expected) / 2
-        if abs(per_doc) <= 1:  # embed mode adds one pad token per pair
+        if self.tokens_agree(expected):
             return True
+        per_doc = (observed - expected) / 2
         if self.scorer.template == "server" and per_doc < 0:
             self.problem(
                 f"template='server' but the server scored {observed} prompt tokens where the official prompts have "

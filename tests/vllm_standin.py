@@ -200,7 +200,6 @@ class VLLMStandIn:
 
     def handle(self, method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
         """(status, JSON-able body or raw bytes, extra headers) for one request."""
-        self.requests.append(Recorded(method, path, body, headers))
         # vLLM's --api-key guards the /v1 routes only (/health, /tokenize, /rerank stay open).
         if self.api_key is not None and path.startswith("/v1"):
             if headers.get("authorization") != f"Bearer {self.api_key}":
@@ -308,6 +307,12 @@ def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             path = self.path.split("?", 1)[0]
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            server.requests.append(Recorded(method, path, body, headers))  # faults included
             fault = server.take_fault(path)
             scoring = "rerank" in path or "score" in path
             if scoring:
@@ -315,13 +320,13 @@ def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
             try:
-                self._answer(method, path, raw, fault)
+                self._answer(method, path, body, headers, fault)
             finally:
                 if scoring:
                     with server._count_lock:
                         server.in_flight -= 1
 
-        def _answer(self, method: str, path: str, raw: bytes, fault: Fault | None) -> None:
+        def _answer(self, method: str, path: str, body: Any, headers: dict[str, str], fault: Fault | None) -> None:
             if fault is not None and fault.kind == "drop":
                 self.close_connection = True
                 return
@@ -333,11 +338,8 @@ def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
                 return self._send(fault.status, body, fault.headers)
             if fault is not None and fault.kind == "non_json":
                 return self._send(200, b"<html><body>502 Bad Gateway</body></html>", {}, "text/html")
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
+            if isinstance(body, bytes):
                 return self._send(400, server.error_body(400, "invalid JSON", "BadRequestError"), {})
-            headers = {k.lower(): v for k, v in self.headers.items()}
             try:
                 status, answer, extra = server.handle(method, path, body, headers)
             except _HTTPError as exc:
