@@ -160,7 +160,8 @@ def read_documents(source: str, input_format: str = "auto") -> list[str]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where} line {number} is not valid JSON: {exc.msg}") from exc
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f"{where} line {number} must be a JSON object with a string 'text' field")
+            # Malformed input data, not a wrong argument type: a ValueError like the other file faults.
+            raise ValueError(f"{where} line {number} must be a JSON object with a string 'text' field")  # noqa: TRY004
         documents.append(record["text"])
     return documents
 
@@ -202,7 +203,7 @@ _LOCAL_PANEL = "Local backend"
 _VLLM_PANEL = "vLLM backend"
 # Options typed for the backend not in use are rejected (see _reject_other_backend_options).
 _LOCAL_ONLY = ("device", "dtype", "source", "progress")
-_VLLM_ONLY = ("base_url", "api_key", "template", "timeout", "max_retries", "ca_bundle")
+_VLLM_ONLY = ("base_url", "template", "timeout", "max_retries", "ca_bundle")
 
 
 def _device_option(**extra: Any) -> Any:
@@ -215,15 +216,6 @@ def _dtype_option(**extra: Any) -> Any:
 
 def _source_option(**extra: Any) -> Any:
     return typer.Option(help="Where to download a hub id from ('modelscope' for mainland China).", **extra)
-
-
-def _api_key_option(**extra: Any) -> Any:
-    return typer.Option(
-        show_default=False,
-        help="Bearer key of a server started with --api-key (default: $VLLM_API_KEY; prefer the variable, "
-        "command lines are visible to other users). Never printed.",
-        **extra,
-    )
 
 
 def _template_option(**extra: Any) -> Any:
@@ -244,20 +236,21 @@ def _retries_option(**extra: Any) -> Any:
 
 def _ca_bundle_option(**extra: Any) -> Any:
     return typer.Option(
-        show_default=False, help="CA bundle (PEM) to verify the server's TLS certificate (default: system CAs).", **extra
+        show_default=False, help="CA bundle (PEM) to verify the server's TLS certificate (default: system CAs).",
+        **extra,
     )
 
 
 def _vllm_scorer(
-    base_url: str, *, model: str | None, api_key: str | None, template: Template, timeout: float, max_retries: int,
+    base_url: str, *, model: str | None, template: Template, timeout: float, max_retries: int,
     ca_bundle: str | None, max_length: int | None = None,
 ) -> Any:
+    """A VLLMScorer; its API key comes from $VLLM_API_KEY only: a --api-key flag would show in `ps` and
+    shell history."""
     from .vllm import VLLMScorer
 
     options: dict[str, Any] = {"model": model, "template": template.value, "timeout": timeout,
                                "max_retries": max_retries, "max_length": max_length}
-    if api_key is not None:  # otherwise VLLMScorer reads $VLLM_API_KEY itself
-        options["api_key"] = api_key
     if ca_bundle is not None:
         if not Path(ca_bundle).is_file():
             raise ValueError(f"--ca-bundle {ca_bundle!r} is not a file")
@@ -311,14 +304,14 @@ def rerank(
     progress: Annotated[
         bool | None,
         typer.Option(rich_help_panel=_LOCAL_PANEL, show_default=False,
-                     help=f"Progress bar on stderr (default: on for {_PROGRESS_MIN_DOCUMENTS}+ documents on a terminal)."),
+                     help=f"Progress bar on stderr (default: on for {_PROGRESS_MIN_DOCUMENTS}+ documents on a "
+                     "terminal)."),
     ] = None,
     base_url: Annotated[
         str | None,
         typer.Option(rich_help_panel=_VLLM_PANEL, show_default=False,
                      help="The server, e.g. http://localhost:8000 (required with --backend vllm)."),
     ] = None,
-    api_key: Annotated[str | None, _api_key_option(rich_help_panel=_VLLM_PANEL)] = None,
     template: Annotated[Template, _template_option(rich_help_panel=_VLLM_PANEL)] = Template.client,
     timeout: Annotated[float, _timeout_option(rich_help_panel=_VLLM_PANEL)] = 60.0,
     max_retries: Annotated[int, _retries_option(rich_help_panel=_VLLM_PANEL)] = 3,
@@ -327,13 +320,16 @@ def rerank(
     """Score documents against QUERY and print them best first.
 
     JSON output is a list of {"index", "score", "text"} sorted by score (ties keep input order); "index" is
-    the document's position in FILE, blank lines not counted. Scores are P("yes") in [0, 1].
+    the document's position in FILE, blank lines not counted. Scores are P("yes") in [0, 1]. A vLLM server
+    started with --api-key needs the key in $VLLM_API_KEY.
     """
     with _exit_on_error():
         validate_inputs(query, [], instruction)  # before reading stdin or loading anything
         _reject_other_backend_options(ctx, backend)
         if backend is Backend.vllm and not base_url:
             raise ValueError("--backend vllm needs --base-url, e.g. --base-url http://localhost:8000")
+        if documents_file == "-" and sys.stdin.isatty():  # otherwise a bare `qwen3-rerank rerank Q` seems to hang
+            typer.echo("reading documents from stdin, one per line; end with Ctrl-D", err=True)
         documents = read_documents(documents_file, input_format.value)
         if backend is Backend.local:
             from .local import LocalScorer
@@ -347,7 +343,7 @@ def rerank(
             scores = scorer.score(query, documents, instruction=instruction)
         else:
             assert base_url is not None  # checked above
-            with _vllm_scorer(base_url, model=model, api_key=api_key, template=template, timeout=timeout,
+            with _vllm_scorer(base_url, model=model, template=template, timeout=timeout,
                               max_retries=max_retries, ca_bundle=ca_bundle, max_length=max_length) as remote:
                 scores = remote.score(query, documents, instruction=instruction)
     ranking = [
@@ -385,7 +381,6 @@ def check_server(
         typer.Option(min=0.0, max=1.0,
                      help="Smallest accepted canary gap: P(yes) of a relevant minus an irrelevant document."),
     ] = 0.5,
-    api_key: Annotated[str | None, _api_key_option()] = None,
     timeout: Annotated[float, _timeout_option()] = 60.0,
     max_retries: Annotated[int, _retries_option()] = 3,
     ca_bundle: Annotated[str | None, _ca_bundle_option()] = None,
@@ -397,12 +392,12 @@ def check_server(
 
     Reports the health, the served models and context length, a canary pair's scores and gap, and the
     known misconfigurations (embed mode, a missing or doubled prompt template, another model, an ignored
-    instruction). Exits 1 when the server would give wrong scores, 3 when it cannot be reached.
+    instruction). Exits 1 when the server would give wrong scores, 3 when it cannot be reached. A server
+    started with --api-key needs the key in $VLLM_API_KEY.
     """
-    with _exit_on_error():
-        with _vllm_scorer(url, model=model, api_key=api_key, template=template, timeout=timeout,
-                          max_retries=max_retries, ca_bundle=ca_bundle) as scorer:
-            report = scorer.check(min_gap=min_gap)
+    with _exit_on_error(), _vllm_scorer(url, model=model, template=template, timeout=timeout,
+                                        max_retries=max_retries, ca_bundle=ca_bundle) as scorer:
+        report = scorer.check(min_gap=min_gap)
     if report.error and report.healthy is None:  # never reached the server: there is nothing to report
         _fail(" ".join(report.error.split()), EXIT_RUNTIME_ERROR)
     if output_format is OutputFormat.json:
@@ -496,7 +491,8 @@ def bench(
     ] = None,
     layers: Annotated[
         int | None,
-        typer.Option(min=1, show_default=False, help="Decoder layers of the random model (default: 4 on CPU, 28 else)."),
+        typer.Option(min=1, show_default=False,
+                     help="Decoder layers of the random model (default: 4 on CPU, 28 else)."),
     ] = None,
     docs: Annotated[
         int | None,

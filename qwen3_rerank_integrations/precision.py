@@ -30,17 +30,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 __all__ = [
-    "PRECISION_SET",
-    "PrecisionQuery",
     "DEFAULT_MAX_ABS_DIFF",
     "DEFAULT_MIN_RANK_AGREEMENT",
     "DEFAULT_MIN_TOP1_AGREEMENT",
+    "PRECISION_SET",
+    "PrecisionQuery",
+    "PrecisionReport",
+    "QueryAgreement",
+    "check_device",
+    "compare_scores",
     "default_max_abs_diff",
     "rank_agreement",
-    "QueryAgreement",
-    "PrecisionReport",
-    "compare_scores",
-    "check_device",
 ]
 
 
@@ -114,7 +114,9 @@ def rank_agreement(reference: Sequence[float], candidate: Sequence[float], *, ti
     scores equal counts as neither agreeing nor disagreeing. With no countable pair the orders agree (1.0).
     """
     if len(reference) != len(candidate):
-        raise ValueError(f"reference and candidate must have the same length, got {len(reference)} and {len(candidate)}")
+        raise ValueError(
+            f"reference and candidate must have the same length, got {len(reference)} and {len(candidate)}"
+        )
     agreeing = disagreeing = counted = 0
     for i in range(len(reference)):
         for j in range(i + 1, len(reference)):
@@ -283,7 +285,7 @@ def check_device(
 
     The two models are loaded one after the other (the device one first, so an unavailable device fails
     fast), never both at once: the CPU fp32 copy needs about 4 bytes per parameter of RAM (~2.4 GB for
-    the 0.6B, ~32 GB for the 8B).
+    the 0.6B, ~32 GB for the 8B). On CPU in float32 the device *is* the reference and loads once.
 
     Args:
         model: a local checkpoint folder or a hub id, as for :class:`~qwen3_rerank_integrations.LocalScorer`.
@@ -313,11 +315,14 @@ def check_device(
     _check_thresholds(tolerance, min_rank_agreement, min_top1_agreement)
 
     device_scores = _score_set(on_device, pairs)
-    del on_device
-    gc.collect()  # free the device copy before the CPU copy loads
-    _empty_cache(torch_device)
-    reference = LocalScorer(model, device="cpu", dtype="float32", **scorer_options)
-    reference_scores = _score_set(reference, pairs)
+    if torch_device.type == "cpu" and dtype_name == "float32":
+        reference_scores = device_scores  # the reference itself: loading it again would give the same numbers
+    else:
+        del on_device
+        gc.collect()  # free the device copy before the CPU copy loads
+        _empty_cache(torch_device)
+        reference = LocalScorer(model, device="cpu", dtype="float32", **scorer_options)
+        reference_scores = _score_set(reference, pairs)
     return compare_scores(
         reference_scores,
         device_scores,

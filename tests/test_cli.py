@@ -27,8 +27,8 @@ TOLERANCE = 1e-5
 runner = CliRunner()
 
 
-def invoke(*args: object, stdin: str | None = None):
-    return runner.invoke(app, [str(arg) for arg in args], input=stdin)
+def invoke(*args: object, stdin: str | None = None, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(arg) for arg in args], input=stdin, env=env)
 
 
 def local_args(model_dir) -> list[str]:
@@ -126,7 +126,8 @@ def test_read_documents_formats(tmp_path):
         (["rerank", QUERY, "-", "--input-format", "jsonl"], '{"text": "a"}\n{"title": "b"}\n', 2, "line 2"),
         (["rerank", QUERY, "-", "--input-format", "jsonl"], '{"text": "a"}\n{oops\n', 2, "line 2 is not valid JSON"),
         (["rerank", QUERY, "-", "--model", "{tmp}/no-such-model"], "doc\n", 3, "no such folder"),
-        (["rerank", QUERY, "-", "--base-url", "http://localhost:9"], "doc\n", 2, "--base-url only apply to --backend vllm"),
+        (["rerank", QUERY, "-", "--base-url", "http://localhost:9"], "doc\n", 2,
+         "--base-url only apply to --backend vllm"),
         (["rerank", QUERY, "-", "--backend", "vllm"], "doc\n", 2, "needs --base-url"),
         (["rerank", QUERY, "-", "--backend", "vllm", "--base-url", "http://localhost:9", "--device", "cpu"], "doc\n",
          2, "--device only apply to --backend local"),
@@ -143,6 +144,8 @@ def test_usage_errors_and_version():
     assert invoke("rerank", QUERY, "--top-n", 0).exit_code == 2
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("qwen3-rerank ")
+    help_text = " ".join(invoke("check-device", "--help").stdout.split())
+    assert all(text in help_text for text in ("(default: 0.0001 for", "0.02 for", "[default: 0.9]"))  # thresholds
 
 
 # ------------------------------------------------------------------------------------------------ check-server
@@ -162,16 +165,19 @@ def test_check_server_fails_on_embed_mode(vllm_legacy_server):
     assert report["ok"] is False and any("embed mode" in warning for warning in report["warnings"])
 
 
-def test_check_server_rejected_key_fails_and_is_never_printed(vllm_legacy_server):
+def test_api_key_comes_from_the_environment_and_is_never_printed(vllm_legacy_server):
     vllm_legacy_server.api_key = "server-key-1234"
-    result = invoke("check-server", vllm_legacy_server.base_url, "--api-key", "client-key-5678")
+    vllm_legacy_server.score_override = lambda query, doc: 0.99 if "Beijing" in doc else 0.01
+    assert invoke("check-server", vllm_legacy_server.base_url, env={"VLLM_API_KEY": "server-key-1234"}).exit_code == 0
+    wrong_key = {"VLLM_API_KEY": "client-key-5678"}
+    result = invoke("check-server", vllm_legacy_server.base_url, env=wrong_key)
     assert result.exit_code == 1, result.output
     assert "401" in result.stdout
     assert "client-key-5678" not in result.output and "server-key-1234" not in result.output
-    rerank_result = invoke("rerank", QUERY, *vllm_args(vllm_legacy_server, "--api-key", "client-key-5678"),
-                           stdin="doc\n")
+    rerank_result = invoke("rerank", QUERY, *vllm_args(vllm_legacy_server), stdin="doc\n", env=wrong_key)
     assert_one_line_error(rerank_result, 3, "401")
     assert "client-key-5678" not in rerank_result.output
+    assert invoke("check-server", vllm_legacy_server.base_url, "--api-key", "x").exit_code == 2  # no such flag
 
 
 def test_unreachable_server_exits_3_with_one_line(unused_port_url):
