@@ -30,7 +30,7 @@ _DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"  # local.DEFAULT_MODEL, repeated so 
 class Ranked(NamedTuple):
     """One kept input: its position in the input and its relevance score."""
 
-    index: int
+    position: int  # not "index": a NamedTuple field must not shadow tuple.index()
     score: float
 
 
@@ -72,7 +72,7 @@ def _scorer_errors(scorer: object) -> Iterator[None]:
         yield
     except RerankError:
         raise
-    except Exception as exc:  # noqa: BLE001 - re-raised as RerankError, cause kept
+    except Exception as exc:  # re-raised as RerankError, cause kept
         raise RerankError(f"scorer {scorer_name(scorer)} failed: {type(exc).__name__}: {exc}") from exc
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -61,25 +62,25 @@ class Qwen3RerankPostprocessor(RerankerBase, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query, texts = self._inputs(nodes, query_bundle)
+        bundle, texts = self._inputs(nodes, query_bundle)
         if not texts:
             return []
-        with self._events(nodes, query) as reranked:
-            reranked.extend(self._with_scores(nodes, self._rank(query, texts)))
+        with self._events(nodes, bundle) as reranked:
+            reranked.extend(self._with_scores(nodes, self._rank(bundle.query_str, texts)))
         return reranked
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query, texts = self._inputs(nodes, query_bundle)
+        bundle, texts = self._inputs(nodes, query_bundle)
         if not texts:
             return []
-        with self._events(nodes, query) as reranked:
-            reranked.extend(self._with_scores(nodes, await self._arank(query, texts)))
+        with self._events(nodes, bundle) as reranked:
+            reranked.extend(self._with_scores(nodes, await self._arank(bundle.query_str, texts)))
         return reranked
 
-    def _inputs(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
-        """The query string and each node's text; raises on a missing query or a non-node before any scoring."""
+    def _inputs(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[QueryBundle, list[str]]:
+        """The query and each node's text; raises on a missing query or a non-node before any scoring."""
         if query_bundle is None:
             raise ValueError("query_bundle is required: pass query_bundle= or query_str= to postprocess_nodes()")
         if not isinstance(nodes, list):
@@ -89,19 +90,19 @@ class Qwen3RerankPostprocessor(RerankerBase, BaseNodePostprocessor):
                 raise TypeError(f"nodes[{i}] must be a NodeWithScore, got {type(node).__name__}")
         texts = [node.node.get_content(metadata_mode=self.metadata_mode) for node in nodes]
         # Checked here too (not only in _rank) so a bad query raises before any event is emitted.
-        return query_bundle.query_str, validate_inputs(query_bundle.query_str, texts, self.instruction)
+        return query_bundle, validate_inputs(query_bundle.query_str, texts, self.instruction)
 
     @contextlib.contextmanager
-    def _events(self, nodes: list[NodeWithScore], query: str) -> Iterator[list[NodeWithScore]]:
+    def _events(self, nodes: list[NodeWithScore], query: QueryBundle) -> Iterator[list[NodeWithScore]]:
         """Wrap one rerank in the instrumentation events and the legacy callback event; the body fills the list."""
         top_n = len(nodes) if self.top_n is None else self.top_n  # the event's top_n is an int
         model_name = scorer_name(self.scorer)
         dispatcher.event(ReRankStartEvent(query=query, nodes=nodes, top_n=top_n, model_name=model_name))
         reranked: list[NodeWithScore] = []
-        payload = {
+        payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: model_name,
-            EventPayload.QUERY_STR: query,
+            EventPayload.QUERY_STR: query.query_str,
             EventPayload.TOP_K: top_n,
         }
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 QUERY = "Which city is the capital of China?"
 TOLERANCE = 1e-5
+INSTRUCTION = "Given a geography question, retrieve passages naming the city asked for"
+SECRET = "sk-adapter-secret-0123456789"
 
 # (text, metadata): a small corpus on a few topics, so MiniLM retrieval is meaningful and the reranker has
 # near-misses to reorder.
@@ -39,6 +41,14 @@ def expected_ranking(scores: Sequence[float], top_n: int | None, threshold: floa
     positions.sort(key=lambda i: (-scores[i], i))
     positions = [i for i in positions if threshold is None or scores[i] >= threshold]
     return positions if top_n is None else positions[:top_n]
+
+
+def median_threshold(scores: Sequence[float]) -> float:
+    """A threshold halfway between the two middle scores: about half pass, and none sits on the edge where
+    a 1e-6 difference between backends would flip it."""
+    ordered = sorted(scores)
+    middle = len(ordered) // 2
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class RecordingScorer:

@@ -17,14 +17,17 @@ from qwen3_rerank_integrations import AuthenticationError, LocalScorer, RerankEr
 from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
 from tests.adapter_helpers import (
     CORPUS,
+    INSTRUCTION,
     QUERY,
     RETRIEVE_K,
+    SECRET,
     VLLM_MODES,
     RecordingScorer,
     ScriptedScorer,
     assert_close,
     expected_ranking,
     heavy_modules_after_import,
+    median_threshold,
 )
 
 
@@ -120,9 +123,7 @@ def test_inputs_never_mutated_and_outputs_are_new(local_scorer, retrieved):
 
 @pytest.mark.parametrize("top_n", [None, 1, 2, 100])
 def test_threshold_and_top_n(local_scorer, retrieved, reference, top_n):
-    ordered = sorted(reference)
-    middle = len(ordered) // 2
-    threshold = (ordered[middle - 1] + ordered[middle]) / 2  # between two scores: half pass, no rounding edge
+    threshold = median_threshold(reference)
     reranker = Qwen3RerankCompressor(scorer=local_scorer, top_n=top_n, score_threshold=threshold)
     result = reranker.compress_documents(retrieved, QUERY)
     check_reranked(result, retrieved, reference, top_n=top_n, threshold=threshold)
@@ -130,7 +131,7 @@ def test_threshold_and_top_n(local_scorer, retrieved, reference, top_n):
 
 
 def test_instruction_reaches_the_scorer(local_scorer, reference_scorer, retrieved):
-    instruction = "Given a geography question, retrieve passages naming the city asked for"
+    instruction = INSTRUCTION
     texts = [d.page_content for d in retrieved]
     expected = reference_scorer.score(QUERY, texts, instruction=instruction)
     assert max(abs(a - b) for a, b in zip(expected, reference_scorer.score(QUERY, texts))) > 1e-4
@@ -256,24 +257,21 @@ async def test_contextual_compression_retriever_with_vllm(
     server = request.getfixturevalue(server_fixture)
     reranker = Qwen3RerankCompressor.from_vllm(server.base_url, template=template, backoff=0.001, top_n=3)
     retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
-    try:
+    async with reranker.scorer:  # closes both HTTP clients
         check_reranked(retriever.invoke(QUERY), retrieved, reference, top_n=3)
         check_reranked(await retriever.ainvoke(QUERY), retrieved, reference, top_n=3)
-    finally:
-        await reranker.scorer.aclose()
-        reranker.scorer.close()
     assert len(server.scoring_requests()) == 2  # one rerank request per query: the server did the scoring
 
 
 async def test_vllm_instruction_api_key_and_no_secret_leaks(vllm_template_server, reference_scorer, retrieved):
-    secret = "sk-adapter-secret-0123456789"
+    secret = SECRET
     vllm_template_server.api_key = secret
-    instruction = "Given a geography question, retrieve passages naming the city asked for"
+    instruction = INSTRUCTION
     reranker = Qwen3RerankCompressor.from_vllm(
         vllm_template_server.base_url, template="server", api_key=secret, instruction=instruction, top_n=None
     )
     expected = reference_scorer.score(QUERY, [d.page_content for d in retrieved], instruction=instruction)
-    with reranker.scorer:
+    async with reranker.scorer:
         check_reranked(reranker.compress_documents(retrieved, QUERY), retrieved, expected, top_n=None)
     assert [r.json["instruction"] for r in vllm_template_server.scoring_requests()] == [instruction]
     for text in (repr(reranker), str(reranker), reranker.model_dump_json(), str(reranker.model_dump())):
@@ -288,12 +286,9 @@ async def test_vllm_faults_reach_the_pipeline_as_rerank_errors(vllm_legacy_serve
     vllm_legacy_server.inject("status", times=2, **fault)
     reranker = Qwen3RerankCompressor.from_vllm(vllm_legacy_server.base_url, max_retries=0)
     retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
-    try:
+    async with reranker.scorer:  # closes both HTTP clients
         with pytest.raises(expected):
             retriever.invoke(QUERY)
         with pytest.raises(expected):
             await retriever.ainvoke(QUERY)
-    finally:
-        await reranker.scorer.aclose()
-        reranker.scorer.close()
     assert issubclass(expected, RerankError)

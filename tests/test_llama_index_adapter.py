@@ -20,14 +20,17 @@ from qwen3_rerank_integrations import LocalScorer, RerankError, ServerError
 from qwen3_rerank_integrations.llama_index import Qwen3RerankPostprocessor
 from tests.adapter_helpers import (
     CORPUS,
+    INSTRUCTION,
     QUERY,
     RETRIEVE_K,
+    SECRET,
     VLLM_MODES,
     RecordingScorer,
     ScriptedScorer,
     assert_close,
     expected_ranking,
     heavy_modules_after_import,
+    median_threshold,
 )
 
 
@@ -127,7 +130,7 @@ async def test_events_instrumentation_and_legacy_callbacks(index, local_scorer, 
         response = await engine.aquery(QUERY) if asynchronous else engine.query(QUERY)
         start, end = rerank_events
         assert isinstance(start, ReRankStartEvent) and isinstance(end, ReRankEndEvent)
-        assert (start.query, len(start.nodes), start.top_n) == (QUERY, RETRIEVE_K, 2)
+        assert (start.query.query_str, len(start.nodes), start.top_n) == (QUERY, RETRIEVE_K, 2)
         assert start.model_name == local_scorer.model
         assert [(n.node.node_id, n.score) for n in end.nodes] == [
             (n.node.node_id, n.score) for n in response.source_nodes
@@ -186,9 +189,7 @@ def test_metadata_mode_chooses_the_text(local_scorer, reference_scorer, retrieve
 
 @pytest.mark.parametrize("top_n", [None, 1, 2, 100])
 def test_threshold_and_top_n(local_scorer, retrieved, reference, top_n):
-    ordered = sorted(reference)
-    middle = len(ordered) // 2
-    threshold = (ordered[middle - 1] + ordered[middle]) / 2  # between two scores: half pass, no rounding edge
+    threshold = median_threshold(reference)
     reranker = Qwen3RerankPostprocessor(scorer=local_scorer, top_n=top_n, score_threshold=threshold)
     result = reranker.postprocess_nodes(retrieved, query_str=QUERY)
     check_reranked(result, retrieved, reference, top_n=top_n, threshold=threshold)
@@ -196,7 +197,7 @@ def test_threshold_and_top_n(local_scorer, retrieved, reference, top_n):
 
 
 def test_instruction_reaches_the_scorer(local_scorer, reference_scorer, retrieved):
-    instruction = "Given a geography question, retrieve passages naming the city asked for"
+    instruction = INSTRUCTION
     expected = reference_scorer.score(QUERY, embed_texts(retrieved), instruction=instruction)
     reranker = Qwen3RerankPostprocessor(scorer=local_scorer, top_n=None, instruction=instruction)
     check_reranked(reranker.postprocess_nodes(retrieved, query_str=QUERY), retrieved, expected, top_n=None)
@@ -315,19 +316,16 @@ async def test_query_engines_with_vllm(request, server_fixture, template, index,
     server = request.getfixturevalue(server_fixture)
     reranker = Qwen3RerankPostprocessor.from_vllm(server.base_url, template=template, backoff=0.001, top_n=3)
     engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=RETRIEVE_K, node_postprocessors=[reranker])
-    try:
+    async with reranker.scorer:  # closes both HTTP clients
         check_reranked(engine.query(QUERY).source_nodes, retrieved, reference, top_n=3)
         check_reranked((await engine.aquery(QUERY)).source_nodes, retrieved, reference, top_n=3)
-    finally:
-        await reranker.scorer.aclose()
-        reranker.scorer.close()
     assert len(server.scoring_requests()) == 2  # one rerank request per query: the server did the scoring
 
 
 async def test_vllm_instruction_api_key_and_no_secret_leaks(vllm_template_server, reference_scorer, index, retrieved):
-    secret = "sk-adapter-secret-0123456789"
+    secret = SECRET
     vllm_template_server.api_key = secret
-    instruction = "Given a geography question, retrieve passages naming the city asked for"
+    instruction = INSTRUCTION
     reranker = Qwen3RerankPostprocessor.from_vllm(
         vllm_template_server.base_url, template="server", api_key=secret, instruction=instruction, top_n=None
     )
@@ -335,10 +333,8 @@ async def test_vllm_instruction_api_key_and_no_secret_leaks(vllm_template_server
     engine = RetrieverQueryEngine.from_args(
         index.as_retriever(similarity_top_k=RETRIEVE_K), llm=MockLLM(), node_postprocessors=[reranker]
     )
-    try:
+    async with reranker.scorer:  # closes both HTTP clients
         check_reranked((await engine.aquery(QUERY)).source_nodes, retrieved, expected, top_n=None)
-    finally:
-        await reranker.scorer.aclose()
     assert [r.json["instruction"] for r in vllm_template_server.scoring_requests()] == [instruction]
     for text in (repr(reranker), str(reranker), reranker.to_json(), str(reranker.to_dict())):
         assert secret not in text
@@ -348,11 +344,8 @@ async def test_vllm_faults_reach_the_query_engine_as_rerank_errors(vllm_legacy_s
     vllm_legacy_server.inject("status", status=500, times=2)
     reranker = Qwen3RerankPostprocessor.from_vllm(vllm_legacy_server.base_url, max_retries=0)
     engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=RETRIEVE_K, node_postprocessors=[reranker])
-    try:
+    async with reranker.scorer:  # closes both HTTP clients
         with pytest.raises(ServerError):
             engine.query(QUERY)
         with pytest.raises(ServerError):
             await engine.aquery(QUERY)
-    finally:
-        await reranker.scorer.aclose()
-        reranker.scorer.close()
