@@ -100,6 +100,16 @@ class RerankerBase(BaseModel):
         "statutes that answer it'); None uses the scorer's own default (the model card's web-search one).",
     )
 
+    @field_validator("scorer")
+    @classmethod
+    def _scorer_is_an_instance(cls, value: Scorer) -> Scorer:
+        # A class has score/ascore attributes too, so the protocol check alone lets `scorer=LocalScorer` through.
+        # ValueError, not TypeError: pydantic turns it into a ValidationError naming the field.
+        if isinstance(value, type):
+            name = value.__name__
+            raise ValueError(f"scorer must be an instance, got the class {name}; e.g. {name}(...)")  # noqa: TRY004
+        return value
+
     @field_validator("instruction")
     @classmethod
     def _instruction_not_blank(cls, value: str | None) -> str | None:

@@ -190,6 +190,7 @@ async def test_bad_input_raises_before_scoring(documents, query, error, names):
     ("kwargs", "field"),
     [
         ({"scorer": object()}, "scorer"),
+        ({"scorer": LocalScorer}, "scorer must be an instance"),
         ({"scorer": ScriptedScorer(), "top_n": 0}, "top_n"),
         ({"scorer": ScriptedScorer(), "score_threshold": 1.5}, "score_threshold"),
         ({"scorer": ScriptedScorer(), "instruction": "  "}, "instruction"),
