@@ -208,6 +208,22 @@ def print_report(args: argparse.Namespace, rows: Sequence[RankedPassage]) -> Non
     print_table(rows)
 
 
+def run_two_stage(
+    description: str,
+    argv: Sequence[str] | None,
+    build_pipeline: Callable[[argparse.Namespace, list[Passage], Scorer], Callable[[str], list[RankedPassage]]],
+) -> list[RankedPassage]:
+    """What both two-stage examples do around their pipeline: parse the flags, get the reranker ready, build
+    the pipeline over the bundled corpus, run the query, print the table. Returns the rows, best first."""
+    args = parse_args(build_parser(description), argv)
+    scorer = build_scorer(args)
+    prepare_scorer(scorer)  # a bad model or an unreachable server fails here, before the embedder loads
+    search = build_pipeline(args, load_corpus(), scorer)
+    rows = search(args.query)
+    print_report(args, rows)
+    return rows
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run an example's body; expected failures (bad flags, a model that will not load, a server that does not
     answer) print one line to stderr and return 1, instead of a traceback."""

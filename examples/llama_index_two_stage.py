@@ -20,21 +20,12 @@ with ``--embed-model`` and ``--rerank-model`` to work offline. For a vLLM server
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from _pipeline_common import (
-    Passage,
-    RankedPassage,
-    build_parser,
-    build_scorer,
-    load_corpus,
-    parse_args,
-    prepare_scorer,
-    print_report,
-    run_cli,
-)
+from _pipeline_common import Passage, RankedPassage, run_cli, run_two_stage
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -92,17 +83,19 @@ def rerank(query: str, query_engine: BaseQueryEngine) -> list[RankedPassage]:
     ]
 
 
+def build_pipeline(
+    args: argparse.Namespace, passages: list[Passage], scorer: Scorer
+) -> Callable[[str], list[RankedPassage]]:
+    """Both stages over ``passages``, configured by the flags, as one function from a query to ranked rows."""
+    query_engine = build_query_engine(
+        passages, build_embed_model(args.embed_model, args.device), scorer, top_k=args.top_k, top_n=args.top_n
+    )
+    return lambda query: rerank(query, query_engine)
+
+
 def run(argv: Sequence[str] | None = None) -> list[RankedPassage]:
     """Parse the flags, build the pipeline, print the table, and return its rows."""
-    args = parse_args(build_parser(__doc__.splitlines()[0]), argv)
-    scorer = build_scorer(args)
-    prepare_scorer(scorer)  # a bad model or an unreachable server fails here, before the embedder loads
-    query_engine = build_query_engine(
-        load_corpus(), build_embed_model(args.embed_model, args.device), scorer, top_k=args.top_k, top_n=args.top_n
-    )
-    rows = rerank(args.query, query_engine)
-    print_report(args, rows)
-    return rows
+    return run_two_stage(__doc__.splitlines()[0], argv, build_pipeline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.test_examples import EXAMPLES, corpus_texts, expected_rows, minilm  # noqa: F401 - fixtures
+from tests.test_examples import EXAMPLES, expected_rows
 
 NOTEBOOK = EXAMPLES / "rag_two_stage.ipynb"
 # Run after the notebook's own cells, in its kernel: what it computed, at full precision.
@@ -49,14 +49,13 @@ def test_notebook_is_saved_without_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
-def test_notebook_runs_and_reranks_like_the_reference(executed, minilm, reference_scorer, corpus_texts):
+def test_notebook_runs_and_reranks_like_the_reference(executed, minilm_dir, reference_scorer):
     notebook, cell_count = executed
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     probe = next(o["text"] for o in notebook.cells[-1].outputs if o.get("name") == "stdout")
     result = json.loads(probe.split("PROBE", 1)[1])
-    expected = expected_rows(minilm, reference_scorer, corpus_texts, result["query"],
-                             top_k=result["top_k"], top_n=result["top_n"])
+    expected = expected_rows(minilm_dir, reference_scorer, result["query"], top_k=result["top_k"], top_n=result["top_n"])
     assert [row[0] for row in result["reranked"]] == [row[0] for row in expected]
     for (_, retrieval, rerank), (_, expected_retrieval, expected_rerank) in zip(result["reranked"], expected):
         assert rerank == pytest.approx(expected_rerank, abs=1e-5)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_examples import EXAMPLES, assert_one_line_error, closed_port_url, corpus_texts, run_script  # noqa: F401
+from tests.test_examples import EXAMPLES, assert_one_line_error, closed_port_url, corpus_texts, run_script
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or Path(__file__).resolve().parents[1] / "artifacts")
 SECURITY_INSTRUCTION = "Given a question about computer security, retrieve passages that answer it"
@@ -145,16 +145,18 @@ def screenshot(browser, name: str) -> None:
     assert browser.save_screenshot(str(ARTIFACTS / name))
 
 
-def assert_ranked_like_reference(rows, expected_scores, expected_texts, top_n):
-    expected = sorted(zip(expected_scores, expected_texts), key=lambda pair: -pair[0])[:top_n]
+def assert_ranked_like_reference(rows, ranking_scores, texts, top_n, reference_scores):
+    """The rows are the ``top_n`` of ``texts`` by ``ranking_scores``, best first, each showing the score the
+    official method gives it (``reference_scores``: text -> score)."""
+    expected = sorted(zip(ranking_scores, texts), key=lambda pair: -pair[0])[:top_n]
     assert [rank for rank, *_ in rows] == list(range(1, len(expected) + 1))
     assert [text for *_, text in rows] == [text for _, text in expected]
-    for (_, score, shown, _), (expected_score, _) in zip(rows, expected):
-        assert score == pytest.approx(expected_score, abs=1e-5)
+    for _, score, shown, text in rows:
+        assert score == pytest.approx(reference_scores[text], abs=1e-5)
         assert shown == f"{score:.4f}"
 
 
-def test_typed_documents_ranked_by_the_local_model(page_url, browser, reference_scorer):
+def test_typed_documents_ranked_by_the_vllm_server(page_url, browser, reference_scorer):
     documents = [
         "Most server data theft starts with stolen or weak credentials.",
         "服务器加固包括关闭不必要的服务和端口。",
@@ -165,25 +167,31 @@ def test_typed_documents_ranked_by_the_local_model(page_url, browser, reference_
     open_page(browser, page_url)
     type_into(browser, "#query", query)
     type_into(browser, "#documents", "\n".join(documents) + "\n\n")  # blank lines are not documents
-    choose(browser, "backend", "local:")
-    summary, rows = rerank_and_read(browser, "local:")
-    assert summary.startswith("4 documents scored by local:")
-    assert_ranked_like_reference(rows, reference_scorer.score(query, documents), documents, top_n=10)
-    screenshot(browser, "webui_typed_documents_local.png")
+    choose(browser, "backend", "vLLM")
+    summary, rows = rerank_and_read(browser, "vLLM")
+    assert summary.startswith("4 documents scored by vLLM")
+    expected = reference_scorer.score(query, documents)
+    assert_ranked_like_reference(rows, expected, documents, 10, dict(zip(documents, expected)))
+    screenshot(browser, "webui_typed_documents_vllm.png")
 
 
-def test_bundled_corpus_ranked_by_the_vllm_server(page_url, browser, reference_scorer, corpus_texts):
+def test_bundled_corpus_ranked_by_the_local_model(page_url, browser, local_scorer, reference_scorer):
     query = "Which passages explain how servers get broken into?"
     open_page(browser, page_url)
     type_into(browser, "#query", query)
     choose(browser, "source", "Bundled corpus")
     type_into(browser, "#instruction", SECURITY_INSTRUCTION)
-    choose(browser, "backend", "vLLM")
-    summary, rows = rerank_and_read(browser, "vLLM")
-    assert summary.startswith(f"{len(corpus_texts)} documents scored by vLLM")
-    expected = reference_scorer.score(query, corpus_texts, instruction=SECURITY_INSTRUCTION)
-    assert_ranked_like_reference(rows, expected, corpus_texts, top_n=10)
-    screenshot(browser, "webui_bundled_corpus_vllm.png")
+    choose(browser, "backend", "local:")
+    summary, rows = rerank_and_read(browser, "local:")
+    texts = corpus_texts()
+    assert summary.startswith(f"{len(texts)} documents scored by local:")
+    # The ranking of all 50 by LocalScorer (equal to the official method, tests/test_local_scorer.py); the
+    # shown scores by the official method itself (full-vocabulary logits: seconds for all 50 on CPU).
+    ranking = local_scorer.score(query, texts, instruction=SECURITY_INSTRUCTION)
+    shown = [text for *_, text in rows]
+    reference = dict(zip(shown, reference_scorer.score(query, shown, instruction=SECURITY_INSTRUCTION)))
+    assert_ranked_like_reference(rows, ranking, texts, 10, reference)
+    screenshot(browser, "webui_bundled_corpus_local.png")
 
 
 def test_empty_query_is_refused_on_the_page(page_url, browser):
