@@ -30,7 +30,7 @@ _DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"  # local.DEFAULT_MODEL, repeated so 
 class Ranked(NamedTuple):
     """One kept input: its position in the input and its relevance score."""
 
-    position: int  # not "index": a NamedTuple field must not shadow tuple.index()
+    index: int  # type: ignore[assignment]  # shadows tuple.index(), deliberately: the name callers read
     score: float
 
 
