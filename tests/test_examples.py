@@ -103,6 +103,28 @@ def test_pipeline_local_backend(examples_module, capsys, tiny_model_dir, minilm_
     assert_matches(rows, parse_table(output), expected, top_n)
 
 
+def test_readme_command_works_with_defaults(examples_module, capsys, monkeypatch, tmp_path, tiny_model_dir,
+                                           minilm_dir, reference_scorer):
+    """`python examples/langchain_two_stage.py` with no flags: the default hub ids resolve through the hub
+    cache, here one that holds the tiny Qwen3 and MiniLM under those names (no download)."""
+    import huggingface_hub.constants
+
+    common = examples_module("_pipeline_common")
+    for hub_id, folder in ((common.DEFAULT_RERANK_MODEL, tiny_model_dir), (common.DEFAULT_EMBED_MODEL, minilm_dir)):
+        repo = tmp_path / f"models--{hub_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0" * 40)
+        (repo / "snapshots").mkdir()
+        (repo / "snapshots" / ("0" * 40)).symlink_to(folder, target_is_directory=True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    rows = examples_module("langchain_two_stage").run([])
+    output = capsys.readouterr().out
+    assert f"Top 20 by {common.DEFAULT_EMBED_MODEL}, reranked by {common.DEFAULT_RERANK_MODEL} (local" in output
+    expected = expected_rows(minilm_dir, reference_scorer, common.DEFAULT_QUERY, top_k=20, top_n=5)
+    assert_matches(rows, parse_table(output), expected, 5)
+
+
 @pytest.mark.parametrize(
     ("pipeline", "server", "template", "instruction"),
     [
