@@ -3,11 +3,12 @@
     python examples/webui.py                      # http://127.0.0.1:7860, Qwen/Qwen3-Reranker-0.6B in-process
     python examples/webui.py --rerank-model ~/models/Qwen3-Reranker-0.6B --device npu:0 --port 8080
     python examples/webui.py --backend vllm --base-url http://localhost:8000 --template server
+    python examples/webui.py --base-url http://localhost:8000     # both: compare the local model and the server
 
 The page takes documents one per line, or reranks the bundled corpus (examples/corpus.jsonl, 50 passages).
-It offers the in-process model and, when ``--base-url`` is given, the vLLM server; the models and the server
-are fixed at launch, so a visitor cannot make this machine load a model or call a URL of their choosing.
-It listens on 127.0.0.1 only unless ``--host`` says otherwise (``--host 0.0.0.0`` exposes it to your network,
+It offers the in-process model (``--backend local``, the default) and, when ``--base-url`` is given, the vLLM
+server; both are fixed at launch, so a visitor cannot make this machine load a model or call a URL of their
+choosing. It listens on 127.0.0.1 only unless ``--host`` says otherwise (``--host 0.0.0.0`` exposes it to your network,
 with no login). A vLLM API key comes from ``$VLLM_API_KEY``.
 """
 
@@ -60,32 +61,35 @@ CSS = """
 
 
 class Backends:
-    """The scorers the page may use, built on first use and kept; each is named by a short key."""
+    """The scorers the page offers, each under a short key, built on first use and kept.
+
+    ``local`` (the ``--rerank-model`` in this process) is offered with ``--backend local``; ``vllm`` whenever
+    ``--base-url`` is given. So ``--backend local --base-url URL`` lets the page compare the two, and
+    ``--backend vllm`` never loads (or downloads) a model here.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._args = args
+        self._models: dict[str, str | None] = {}
+        self.labels: dict[str, str] = {}
+        if args.backend == "local":
+            self._models["local"] = args.rerank_model or DEFAULT_RERANK_MODEL
+            self.labels["local"] = f"local: {self._models['local']} (device {args.device})"
+        if args.base_url:
+            self._models["vllm"] = args.rerank_model if args.backend == "vllm" else None
+            self.labels["vllm"] = (f"vLLM: {self._models['vllm'] or 'served model'} at {args.base_url} "
+                                   f"({args.template} template)")
         self._scorers: dict[str, Scorer] = {}
         self._lock = threading.Lock()
-        # --rerank-model names the model of the --backend it goes with; the other backend uses its default.
-        local_model = (args.rerank_model if args.backend == "local" else None) or DEFAULT_RERANK_MODEL
-        self.labels = {"local": f"local: {local_model} (device {args.device})"}
-        self._local_model = local_model
-        self._served_model: str | None = None
-        if args.base_url:
-            served = args.rerank_model if args.backend == "vllm" else None
-            self.labels["vllm"] = f"vLLM: {served or 'served model'} at {args.base_url} ({args.template} template)"
-            self._served_model = served
 
     def scorer(self, key: str) -> Scorer:
         if key not in self.labels:
-            raise KeyError(f"unknown backend {key!r}")
+            raise KeyError(f"backend {key!r} is not offered; offered: {sorted(self.labels)}")
         with self._lock:
             if key not in self._scorers:
-                backend_args = argparse.Namespace(
-                    **{**vars(self._args), "backend": key,
-                       "rerank_model": self._local_model if key == "local" else self._served_model}
+                self._scorers[key] = build_scorer(
+                    argparse.Namespace(**{**vars(self._args), "backend": key, "rerank_model": self._models[key]})
                 )
-                self._scorers[key] = build_scorer(backend_args)
             return self._scorers[key]
 
 
