@@ -84,6 +84,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 def add_reranker_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that choose and configure the reranker backend (also used by the web page)."""
+    parser.epilog = "A vLLM server's API key is read from the VLLM_API_KEY environment variable."
     parser.add_argument("--backend", choices=("local", "vllm"), default="local",
                         help="run the reranker in this process (local) or call a vLLM server (vllm)")
     parser.add_argument(
@@ -92,7 +93,7 @@ def add_reranker_flags(parser: argparse.ArgumentParser) -> None:
         "vllm: the served model name (default: the server's only model)",
     )
     parser.add_argument("--device", default="auto",
-                        help="local backend: auto (NPU > CUDA > MPS > CPU), npu[:N], cuda[:N], mps or cpu")
+                        help="where models run in this process: auto (NPU > CUDA > MPS > CPU), npu[:N], cuda[:N], mps, cpu")
     parser.add_argument("--base-url", default=None, help="vllm backend: the server, e.g. http://localhost:8000")
     parser.add_argument(
         "--template", choices=("client", "server"), default="client",
@@ -108,12 +109,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     args = parser.parse_args(argv)
     if not args.query.strip():
         raise UsageError("--query must not be empty")
-    for flag in ("top_k", "top_n"):
-        if getattr(args, flag, 1) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    for flag, value in (("--top-k", args.top_k), ("--top-n", args.top_n)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.top_n > args.top_k:
+        raise UsageError(f"--top-n ({args.top_n}) cannot exceed --top-k ({args.top_k}): the reranker keeps "
+                         "passages from those the retriever fetched")
     check_reranker_args(args)
-    if hasattr(args, "embed_model"):
-        check_model_location("--embed-model", args.embed_model)
+    check_model_location("--embed-model", args.embed_model)
     return args
 
 

@@ -197,9 +197,11 @@ def closed_port_url() -> str:
         (["--rerank-model", "/no/such/reranker"], ["--rerank-model", "/no/such/reranker", "no such folder"]),
         (["--embed-model", "./missing-embedder"], ["--embed-model", "no such folder"]),
         (["--top-n", "0"], ["--top-n must be at least 1"]),
+        (["--top-k", "3", "--top-n", "4"], ["--top-n (4) cannot exceed --top-k (3)"]),
         (["--backend", "vllm"], ["--base-url"]),
     ],
-    ids=["empty-query", "missing-rerank-model", "missing-embed-model", "zero-top-n", "vllm-without-url"],
+    ids=["empty-query", "missing-rerank-model", "missing-embed-model", "zero-top-n", "top-n-over-top-k",
+         "vllm-without-url"],
 )
 def test_bad_flags_fail_in_one_line(script, flags, fragments):
     assert_one_line_error(run_script(script, *flags), *fragments)
