@@ -11,24 +11,37 @@ import pytest
 from tests.test_examples import EXAMPLES, expected_rows
 
 NOTEBOOK = EXAMPLES / "rag_two_stage.ipynb"
-# Run after the notebook's own cells, in its kernel: what it computed, at full precision.
-PROBE = """import json
-print("PROBE" + json.dumps({
-    "query": QUERY, "top_k": TOP_K, "top_n": TOP_N,
+
+
+def probe(label: str) -> str:
+    """A cell run after the notebook's own, in its kernel: what it computed, at full precision."""
+    return f"""import json
+print({label!r} + json.dumps({{
+    "query": QUERY, "top_k": TOP_K, "top_n": TOP_N, "scorer": type(reranker.scorer).__name__,
     "reranked": [[d.page_content, d.metadata["retrieval_score"], d.metadata["relevance_score"]] for d in reranked],
     "prompt": prompt,
-}))"""
+}}))"""
 
 
 @pytest.fixture(scope="module")
-def executed(tiny_model_dir, minilm_dir):
+def executed(tiny_model_dir, minilm_dir, vllm_template_server):
+    """The notebook run as saved (local model), then its reranking cell again with RERANK_BASE_URL pointing at
+    the vLLM stand-in (the notebook's other branch), in the same kernel."""
     import nbformat
     from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     cell_count = len(notebook.cells)
-    notebook.cells.append(new_code_cell(PROBE))
+    rerank_cell = next(cell.source for cell in notebook.cells if "from_vllm" in cell.source)
+    prompt_cell = next(cell.source for cell in notebook.cells if "prompt = (" in cell.source)
+    notebook.cells += [
+        new_code_cell(probe("LOCAL")),
+        new_code_cell(f'RERANK_BASE_URL, RERANK_TEMPLATE, RERANK_MODEL = {vllm_template_server.base_url!r}, "server", None'),
+        new_code_cell(rerank_cell),
+        new_code_cell(prompt_cell),
+        new_code_cell(probe("VLLM")),
+    ]
     with pytest.MonkeyPatch.context() as env:  # the kernel inherits this process's environment
         env.setenv("EMBED_MODEL", str(minilm_dir))
         env.setenv("RERANK_MODEL", str(tiny_model_dir))
@@ -40,6 +53,14 @@ def executed(tiny_model_dir, minilm_dir):
     return notebook, cell_count
 
 
+def probed(notebook, label: str) -> dict:
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("name") == "stdout" and output["text"].startswith(label):
+                return json.loads(output["text"][len(label):])
+    raise AssertionError(f"no {label} probe output")
+
+
 def test_notebook_is_saved_without_outputs():
     import nbformat
 
@@ -49,19 +70,23 @@ def test_notebook_is_saved_without_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
-def test_notebook_runs_and_reranks_like_the_reference(executed, minilm_dir, reference_scorer):
-    notebook, cell_count = executed
-    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-    probe = next(o["text"] for o in notebook.cells[-1].outputs if o.get("name") == "stdout")
-    result = json.loads(probe.split("PROBE", 1)[1])
+@pytest.mark.parametrize("backend", ["LOCAL", "VLLM"])
+def test_notebook_runs_and_reranks_like_the_reference(executed, minilm_dir, reference_scorer, backend):
+    notebook, _ = executed
+    result = probed(notebook, backend)
+    assert result["scorer"] == {"LOCAL": "LocalScorer", "VLLM": "VLLMScorer"}[backend]
     expected = expected_rows(minilm_dir, reference_scorer, result["query"], top_k=result["top_k"], top_n=result["top_n"])
     assert [row[0] for row in result["reranked"]] == [row[0] for row in expected]
     for (_, retrieval, rerank), (_, expected_retrieval, expected_rerank) in zip(result["reranked"], expected):
         assert rerank == pytest.approx(expected_rerank, abs=1e-5)
         assert retrieval == pytest.approx(expected_retrieval, abs=1e-5)
     assert all(f"[{i}] {row[0]}" in result["prompt"] for i, row in enumerate(expected, start=1))
-    # The notebook's own table shows the same rows, best first.
+
+
+def test_notebook_prints_the_table(executed):
+    notebook, cell_count = executed
+    local = probed(notebook, "LOCAL")
+    # The notebook's own table shows its rows, best first.
     stdout = "".join(o.get("text", "") for c in notebook.cells[:cell_count] for o in c.get("outputs", []))
-    for rank, (text, _, rerank) in enumerate(result["reranked"], start=1):
+    for rank, (text, _, rerank) in enumerate(local["reranked"], start=1):
         assert re.search(rf"^ *{rank}  .* {rerank:.4f}  {re.escape(text[:40])}", stdout, re.MULTILINE)
