@@ -124,16 +124,16 @@ def parse_scores(body: Any, count: int, route: Route) -> list[float]:
         )
     scores: list[float | None] = [None] * count
     for item in body[key]:
-        index = item.get("index") if isinstance(item, dict) else None
-        value = item.get(score_key) if isinstance(item, dict) else None
-        if not _is_int(index) or not 0 <= index < count:
+        index, value = (item.get("index"), item.get(score_key)) if type(item) is dict else (None, None)
+        # `type(...) is` rather than isinstance: a JSON true/false must not pass as 1/0.
+        if type(index) is not int or not 0 <= index < count:
             raise InvalidResponseError(
                 f"the server's {route} response has an entry with index {index!r} for a request of {count} "
                 f"documents: {_snippet(item)}"
             )
         if scores[index] is not None:
             raise InvalidResponseError(f"the server's {route} response lists index {index} twice")
-        if not _is_number(value) or not math.isfinite(value):
+        if type(value) not in (float, int) or not math.isfinite(value):
             raise InvalidResponseError(
                 f"the server's {route} response has {score_key}={value!r} for index {index}, not a finite number"
             )
@@ -164,6 +164,8 @@ def max_tokens_bound(text: str) -> int:
     The tokenizer NFC-normalizes, then every byte-level BPE token covers at least one UTF-8 byte (special
     tokens cover many), so tokens <= NFC bytes. Documents under the bound need no token counting at all.
     """
+    if text.isascii():  # NFC leaves ASCII alone and each character is one byte
+        return len(text)
     return len(unicodedata.normalize("NFC", text).encode("utf-8"))
 
 
@@ -279,5 +281,3 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import os
 import ssl
 import threading
 import weakref
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
@@ -126,6 +127,24 @@ class ServerCheck(BaseModel):
         return self.summary()
 
 
+class _State:
+    """A scorer's mutable runtime state (never part of its settings, repr or serialization)."""
+
+    __slots__ = ("client", "aclient", "aclient_loop", "local_tokenizer", "context", "context_known",
+                 "fixed_counts", "retry_cache", "lock")
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.aclient: Any = None
+        self.aclient_loop: Any = None  # weakref to the event loop `aclient` belongs to
+        self.local_tokenizer: Any = None
+        self.context: int | None = None
+        self.context_known = False
+        self.fixed_counts: tuple[int, int, int] | None = None
+        self.retry_cache: Any = None
+        self.lock = threading.Lock()
+
+
 class VLLMScorer(BaseModel):
     """Scores (query, document) pairs with a Qwen3-Reranker served by vLLM (``/v1/rerank`` or ``/v1/score``).
 
@@ -190,14 +209,9 @@ class VLLMScorer(BaseModel):
         True, description="TLS verification: True (system CAs), a CA bundle path, or False (not recommended)."
     )
 
-    _client: Any = PrivateAttr(None)
-    _aclient: Any = PrivateAttr(None)
-    _aclient_loop: Any = PrivateAttr(None)  # weakref to the event loop _aclient belongs to
-    _local_tokenizer: Any = PrivateAttr(None)
-    _context: int | None = PrivateAttr(None)
-    _context_known: bool = PrivateAttr(False)
-    _fixed_counts: tuple[int, int, int] | None = PrivateAttr(None)
-    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    # Clients, caches and their lock in one plain object: pydantic's private-attribute lookup is slow enough
+    # to show in the per-request overhead.
+    _state: _State = PrivateAttr(default_factory=lambda: _State())
 
     def __init__(self, base_url: str, /, **data: Any) -> None:
         super().__init__(base_url=base_url, **data)
@@ -268,13 +282,15 @@ class VLLMScorer(BaseModel):
 
     def close(self) -> None:
         """Close the sync HTTP client (the async one is closed by :meth:`aclose`)."""
-        client, self._client = self._client, None
+        state = self._state
+        client, state.client = state.client, None
         if client is not None:
             client.close()
 
     async def aclose(self) -> None:
         """Close both HTTP clients."""
-        client, self._aclient = self._aclient, None
+        state = self._state
+        client, state.aclient = state.aclient, None
         if client is not None:
             await client.aclose()
         self.close()
@@ -323,7 +339,8 @@ class VLLMScorer(BaseModel):
         if limit is None:
             return docs
         head = PREFIX + query_part(query, instruction)
-        bounds = [protocol.max_tokens_bound(document_part(d)) for d in docs]
+        tag_bytes = len(_DOCUMENT_TAG)  # ASCII, and it ends in a space, which composes with nothing under NFC
+        bounds = [tag_bytes + protocol.max_tokens_bound(d) for d in docs]
         fixed = protocol.max_tokens_bound(head) + protocol.max_tokens_bound(SUFFIX)
         if all(fixed + b <= limit for b in bounds):
             return docs
@@ -352,10 +369,11 @@ class VLLMScorer(BaseModel):
 
     def _fixed_counts_plan(self) -> Plan[tuple[int, int, int]]:
         """Token counts of PREFIX, SUFFIX and the empty document part; asked once, then cached."""
-        if self._fixed_counts is None:
+        state = self._state
+        if state.fixed_counts is None:
             ids = yield from self._tokenize_plan([PREFIX, SUFFIX, _DOCUMENT_TAG])
-            self._fixed_counts = (len(ids[0]), len(ids[1]), len(ids[2]))
-        return self._fixed_counts
+            state.fixed_counts = (len(ids[0]), len(ids[1]), len(ids[2]))
+        return state.fixed_counts
 
     def _cut_plan(self, over: dict[int, list[int]], keep: int, tag_n: int) -> Plan[dict[int, str]]:
         """Text for each over-long document whose re-tokenization is its first ``keep`` official tokens.
@@ -395,7 +413,8 @@ class VLLMScorer(BaseModel):
         """The most tokens per prompt: ``max_length``, else the server's context (asked once, then cached)."""
         if self.max_length is not None:
             return self.max_length
-        if not self._context_known:
+        state = self._state
+        if not state.context_known:
             (models,) = yield [Call("GET", protocol.MODELS_PATH, tolerate=(RouteNotFoundError,))]
             context = _context_from_models(models, self.model)
             if context is None:  # some servers/proxies hide /v1/models; /tokenize reports it too
@@ -404,8 +423,8 @@ class VLLMScorer(BaseModel):
                 context = value if isinstance(value, int) and value > 0 else None
             if context is None:
                 logger.warning("%s reports no max_model_len; long documents will not be cut", self.base_url)
-            self._context, self._context_known = context, True
-        return self._context
+            state.context, state.context_known = context, True
+        return state.context
 
     def _tokenize_call(self, text: str, tolerate: tuple[type[Exception], ...] = ()) -> Call:
         body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
@@ -516,17 +535,19 @@ class VLLMScorer(BaseModel):
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _send(self, call: Call) -> Any:
-        from tenacity import Retrying
-
         try:
-            return Retrying(**self._retry_options())(self._send_once, call)
+            try:
+                return self._send_once(call)
+            except TransientError as first:
+                if not self.max_retries:
+                    raise
+                from tenacity import Retrying
+
+                return Retrying(**self._retry_options())(_replay(first, self._send_once, call))
         except TransientError as exc:
-            error: RemoteError = exc.error
+            return _settle(call, exc.error)
         except RemoteError as exc:
-            error = exc
-        if isinstance(error, call.tolerate):
-            return error
-        raise error
+            return _settle(call, exc)
 
     def _send_once(self, call: Call) -> Any:
         import httpx
@@ -538,12 +559,15 @@ class VLLMScorer(BaseModel):
         return self._read(call, response)
 
     def _sync_client(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
+        state = self._state
+        if state.client is not None:
+            return state.client
+        with state.lock:
+            if state.client is None:
                 import httpx
 
-                self._client = httpx.Client(**self._client_options())
-            return self._client
+                state.client = httpx.Client(**self._client_options())
+            return state.client
 
     # ----------------------------------------------------------------------------------------- async driver
     async def _arun(self, plan: Plan[T]) -> T:
@@ -580,17 +604,19 @@ class VLLMScorer(BaseModel):
             raise
 
     async def _asend(self, call: Call) -> Any:
-        from tenacity import AsyncRetrying
-
         try:
-            return await AsyncRetrying(**self._retry_options())(self._asend_once, call)
+            try:
+                return await self._asend_once(call)
+            except TransientError as first:
+                if not self.max_retries:
+                    raise
+                from tenacity import AsyncRetrying
+
+                return await AsyncRetrying(**self._retry_options())(_replay(first, self._asend_once, call))
         except TransientError as exc:
-            error: RemoteError = exc.error
+            return _settle(call, exc.error)
         except RemoteError as exc:
-            error = exc
-        if isinstance(error, call.tolerate):
-            return error
-        raise error
+            return _settle(call, exc)
 
     async def _asend_once(self, call: Call) -> Any:
         import httpx
@@ -605,13 +631,14 @@ class VLLMScorer(BaseModel):
         # An AsyncClient's connections belong to the loop that opened them; a new loop (asyncio.run per call,
         # as some frameworks do) gets a new client.
         loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._aclient is None or self._aclient_loop is None or self._aclient_loop() is not loop:
+        state = self._state
+        with state.lock:
+            if state.aclient is None or state.aclient_loop is None or state.aclient_loop() is not loop:
                 import httpx
 
-                self._aclient = httpx.AsyncClient(**self._client_options())
-                self._aclient_loop = weakref.ref(loop)
-            return self._aclient
+                state.aclient = httpx.AsyncClient(**self._client_options())
+                state.aclient_loop = weakref.ref(loop)
+            return state.aclient
 
     # ----------------------------------------------------------------------------------------- shared HTTP
     def _client_options(self) -> dict[str, Any]:
@@ -634,6 +661,13 @@ class VLLMScorer(BaseModel):
         }
 
     def _retry_options(self) -> dict[str, Any]:
+        """tenacity settings; built once per (max_retries, backoff), since they are needed on every request."""
+        state, key = self._state, (self.max_retries, self.backoff)
+        if state.retry_cache is None or state.retry_cache[0] != key:
+            state.retry_cache = (key, self._build_retry_options())
+        return state.retry_cache[1]
+
+    def _build_retry_options(self) -> dict[str, Any]:
         from tenacity import retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
         backoff = wait_exponential_jitter(multiplier=self.backoff, max=max(self.backoff, 30.0), jitter=self.backoff)
@@ -685,15 +719,16 @@ class VLLMScorer(BaseModel):
             return None
         if not isinstance(self.tokenizer, str):
             return self.tokenizer
-        with self._lock:
-            if self._local_tokenizer is None:
+        state = self._state
+        with state.lock:
+            if state.local_tokenizer is None:
                 from transformers import AutoTokenizer
 
                 try:
-                    self._local_tokenizer = AutoTokenizer.from_pretrained(self.tokenizer, trust_remote_code=False)
+                    state.local_tokenizer = AutoTokenizer.from_pretrained(self.tokenizer, trust_remote_code=False)
                 except Exception as exc:  # noqa: BLE001 - hub/IO/parse errors all mean "not loadable"
                     raise RerankError(f"could not load tokenizer={self.tokenizer!r}: {exc}") from exc
-            return self._local_tokenizer
+            return state.local_tokenizer
 
 
 class _CheckState:
@@ -812,6 +847,33 @@ class _CheckState:
             warnings=self.warnings,
             error=self.error,
         )
+
+
+def _replay(first: TransientError, send: Callable[[Call], Any], call: Call) -> Callable[[], Any]:
+    """An attempt function for tenacity whose first attempt re-raises ``first`` (async when ``send`` is).
+
+    The first request goes out before tenacity is involved (its bookkeeping costs tens of microseconds a
+    request, most of this client's overhead); on a transient failure, tenacity takes over and sees that
+    failure as its attempt 1, so waits (Retry-After included) and the attempt limit are exactly its own.
+    """
+    pending = [first]
+
+    def attempt() -> Any:
+        if pending:
+            raise pending.pop()
+        return send(call)
+
+    async def async_attempt() -> Any:
+        return await attempt()
+
+    return async_attempt if inspect.iscoroutinefunction(send) else attempt
+
+
+def _settle(call: Call, error: RemoteError) -> RemoteError:
+    """Hand a tolerated error back as a value; raise any other."""
+    if isinstance(error, call.tolerate):
+        return error
+    raise error
 
 
 def _context_from_models(body: Any, model: str | None) -> int | None:

@@ -243,7 +243,7 @@ def test_bad_input_raises_before_any_network_work(call, error):
     scorer = VLLMScorer("http://127.0.0.1:9", max_retries=0)  # nothing listens on port 9
     with pytest.raises(error):
         call(scorer)
-    assert scorer._client is None
+    assert scorer._state.client is None
 
 
 def test_no_documents_means_no_request():
