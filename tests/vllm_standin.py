@@ -100,7 +100,7 @@ class VLLMStandIn:
             self._no = tokenizer.convert_tokens_to_ids("no")
         self.reset()
         self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"vllm-standin-{mode}", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name=f"vllm-standin-{mode}", daemon=True)
         self._thread.start()
         host, port = self._httpd.server_address[:2]
         self.base_url = f"http://{host}:{port}"
