@@ -33,7 +33,7 @@ def browser_binaries() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def page_url(tiny_model_dir, vllm_template_server, tmp_path_factory):
+def page_url(browser_binaries, tiny_model_dir, vllm_template_server, tmp_path_factory):
     """The page on a free loopback port, offering the tiny model in-process and the template vLLM stand-in."""
     port = int(closed_port_url().rsplit(":", 1)[1])
     log_path = tmp_path_factory.mktemp("webui") / "webui.log"
