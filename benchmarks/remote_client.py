@@ -27,7 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the stand-in 
 import httpx  # noqa: E402
 
 from qwen3_rerank_integrations import VLLMScorer  # noqa: E402
-from qwen3_rerank_integrations.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, document_part, query_part  # noqa: E402
+from qwen3_rerank_integrations.prompt import (  # noqa: E402
+    DEFAULT_INSTRUCTION,
+    PREFIX,
+    SUFFIX,
+    document_part,
+    query_part,
+)
 from tests.vllm_standin import VLLMStandIn  # noqa: E402
 
 QUERY = "What is the capital of China?"

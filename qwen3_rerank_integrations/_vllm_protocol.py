@@ -77,10 +77,7 @@ class TransientError(Exception):
 
 def normalize_base_url(url: str) -> str:
     """``http://host:8000``, ``.../`` and ``.../v1`` all mean the server root (``/tokenize`` lives there)."""
-    url = url.strip().rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
-    return url
+    return url.strip().rstrip("/").removesuffix("/v1")
 
 
 def rerank_payload(
@@ -133,11 +130,11 @@ def parse_scores(body: Any, count: int, route: Route) -> list[float]:
             )
         if scores[index] is not None:
             raise InvalidResponseError(f"the server's {route} response lists index {index} twice")
-        if type(value) not in (float, int) or not math.isfinite(value):
+        if type(value) not in (float, int) or not math.isfinite(value):  # type: ignore[arg-type]
             raise InvalidResponseError(
                 f"the server's {route} response has {score_key}={value!r} for index {index}, not a finite number"
             )
-        scores[index] = float(value)
+        scores[index] = float(value)  # type: ignore[arg-type]  # checked just above
     missing = [i for i, s in enumerate(scores) if s is None]
     if missing:
         raise InvalidResponseError(

@@ -221,7 +221,9 @@ class VLLMScorer(BaseModel):
     def _check_base_url(cls, value: str) -> str:
         url = protocol.normalize_base_url(value)
         if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
-            raise ValueError(f"base_url must be an http:// or https:// URL such as 'http://localhost:8000', got {value!r}")
+            raise ValueError(
+                f"base_url must be an http:// or https:// URL such as 'http://localhost:8000', got {value!r}"
+            )
         return url
 
     # ----------------------------------------------------------------------------------------- public API
@@ -656,7 +658,9 @@ class VLLMScorer(BaseModel):
             "verify": verify,
             # pool=None: a request waiting for a free connection is not a timeout; the server's time is.
             "timeout": httpx.Timeout(self.timeout, pool=None),
-            "limits": httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+            "limits": httpx.Limits(
+                max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+            ),
             "follow_redirects": False,
         }
 
@@ -726,7 +730,7 @@ class VLLMScorer(BaseModel):
 
                 try:
                     state.local_tokenizer = AutoTokenizer.from_pretrained(self.tokenizer, trust_remote_code=False)
-                except Exception as exc:  # noqa: BLE001 - hub/IO/parse errors all mean "not loadable"
+                except Exception as exc:  # hub/IO/parse errors all mean "not loadable"
                     raise RerankError(f"could not load tokenizer={self.tokenizer!r}: {exc}") from exc
             return state.local_tokenizer
 

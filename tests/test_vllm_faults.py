@@ -79,6 +79,16 @@ async def test_exhausted_retries_raise_with_status_and_server_message(server, st
     assert len(server.scoring_requests()) == 5
 
 
+async def test_max_retries_zero_sends_once(vllm_legacy_server):
+    vllm_legacy_server.inject("status", status=503, times=2)
+    with fast(vllm_legacy_server, max_retries=0) as scorer, pytest.raises(ServerError):
+        scorer.score(QUERY, DOCS)
+    async with fast(vllm_legacy_server, max_retries=0) as scorer:
+        with pytest.raises(ServerError):
+            await scorer.ascore(QUERY, DOCS)
+    assert len(vllm_legacy_server.scoring_requests()) == 2
+
+
 async def test_retry_after_is_honoured(vllm_legacy_server, clean_scores):
     vllm_legacy_server.inject("status", status=429, headers={"Retry-After": "0.4"})
     async with fast(vllm_legacy_server) as scorer:
@@ -132,9 +142,10 @@ def test_other_errors_are_not_retried(server, status, body, error_type, words):
 
 
 def test_an_unknown_model_is_named(vllm_template_server):
-    with fast(vllm_template_server, model="Qwen/Qwen3-Reranker-8B") as scorer:
-        with pytest.raises(RouteNotFoundError, match="Qwen3-Reranker-8B` does not exist"):
-            scorer.score(QUERY, DOCS)
+    with fast(vllm_template_server, model="Qwen/Qwen3-Reranker-8B") as scorer, pytest.raises(
+        RouteNotFoundError, match="Qwen3-Reranker-8B` does not exist"
+    ):
+        scorer.score(QUERY, DOCS)
 
 
 def test_an_over_long_prompt_the_server_rejects_is_a_bad_request(vllm_legacy_server):

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from tests.reference import PREFIX, SUFFIX, format_instruction
 
@@ -75,7 +75,7 @@ class Recorded:
 class VLLMStandIn:
     """A vLLM-like server on ``base_url``. ``model=None`` with a ``score_override`` needs no model at all."""
 
-    live: weakref.WeakSet[VLLMStandIn] = weakref.WeakSet()  # reset after every test by conftest
+    live: ClassVar[weakref.WeakSet[VLLMStandIn]] = weakref.WeakSet()  # reset after every test by conftest
 
     def __init__(
         self,
@@ -100,7 +100,9 @@ class VLLMStandIn:
             self._no = tokenizer.convert_tokens_to_ids("no")
         self.reset()
         self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name=f"vllm-standin-{mode}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name=f"vllm-standin-{mode}", daemon=True
+        )
         self._thread.start()
         host, port = self._httpd.server_address[:2]
         self.base_url = f"http://{host}:{port}"
@@ -200,9 +202,9 @@ class VLLMStandIn:
     def handle(self, method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
         """(status, JSON-able body or raw bytes, extra headers) for one request."""
         # vLLM's --api-key guards the /v1 routes only (/health, /tokenize, /rerank stay open).
-        if self.api_key is not None and path.startswith("/v1"):
-            if headers.get("authorization") != f"Bearer {self.api_key}":
-                return 401, {"error": "Unauthorized"}, {}
+        authorized = headers.get("authorization") == f"Bearer {self.api_key}"
+        if self.api_key is not None and path.startswith("/v1") and not authorized:
+            return 401, {"error": "Unauthorized"}, {}
         routes: dict[tuple[str, str], Callable[[Any], Any]] = {
             ("GET", "/health"): lambda _: b"",
             ("GET", "/v1/models"): self._models,
