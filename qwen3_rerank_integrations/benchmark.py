@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .errors import RerankError
 from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
 
 __all__ = ["BenchmarkConfig", "MethodResult", "BenchmarkReport", "run_benchmark", "main"]
@@ -248,7 +249,9 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
                 capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
             )
             if done.returncode != 0:
-                raise RuntimeError(f"benchmark worker {method!r} failed:\n{done.stderr[-4000:]}")
+                log(done.stderr[-4000:])  # the worker's traceback, for whoever needs more than one line
+                last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RerankError(f"benchmark worker {method!r} failed: {last_line}")
             raw[method] = json.loads(done.stdout.strip().splitlines()[-1])
     official_scores = raw["official"]["scores"]
     results = []

@@ -515,11 +515,7 @@ def bench(
     with _exit_on_error():
         config = BenchmarkConfig(model=model, tokenizer=tokenizer, layers=layers, docs=docs, device=device,
                                  dtype=dtype.value, reps=reps, seed=seed)
-        try:
-            report = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
-        except RuntimeError as exc:  # a worker failed: its message ends with the worker's traceback
-            lines = str(exc).strip().splitlines()
-            raise RerankError(lines[0] + (f" {lines[-1]}" if len(lines) > 1 else "")) from exc
+        report = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
     typer.echo(report.model_dump_json(indent=2) if output_format is OutputFormat.json else report.table())
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from qwen3_rerank_integrations import LocalScorer, ModelLoadError
 from qwen3_rerank_integrations.prompt import PromptEncoder
-from tests.reference import official_input_ids, reference_scores, format_instruction
+from tests.reference import format_instruction, official_input_ids, reference_scores
 
 QUERY = "What is the capital of China?"
 TOLERANCE = 1e-5
