@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import os
@@ -508,19 +509,15 @@ class VLLMScorer(BaseModel):
 
     # ----------------------------------------------------------------------------------------- sync driver
     def _run(self, plan: Plan[T]) -> T:
-        try:
-            calls = next(plan)
-            while True:
+        steps = _Steps(plan)
+        outcome: list[Any] | RerankError = _START
+        with contextlib.closing(plan):
+            while (calls := steps.advance(outcome)) is not None:
                 try:
-                    results = self._send_all(calls)
-                except RerankError as exc:  # let the plan handle it (or re-raise it from its own frame)
-                    calls = plan.throw(exc)
-                else:
-                    calls = plan.send(results)
-        except StopIteration as done:
-            return done.value
-        finally:
-            plan.close()
+                    outcome = self._send_all(calls)
+                except RerankError as exc:  # the plan may handle it; if not, it re-raises from the plan's frame
+                    outcome = exc
+        return steps.value
 
     def _send_all(self, calls: list[Call]) -> list[Any]:
         if len(calls) == 1:
@@ -573,19 +570,15 @@ class VLLMScorer(BaseModel):
 
     # ----------------------------------------------------------------------------------------- async driver
     async def _arun(self, plan: Plan[T]) -> T:
-        try:
-            calls = next(plan)
-            while True:
+        steps = _Steps(plan)
+        outcome: list[Any] | RerankError = _START
+        with contextlib.closing(plan):
+            while (calls := steps.advance(outcome)) is not None:
                 try:
-                    results = await self._asend_all(calls)
-                except RerankError as exc:  # let the plan handle it (or re-raise it from its own frame)
-                    calls = plan.throw(exc)
-                else:
-                    calls = plan.send(results)
-        except StopIteration as done:
-            return done.value
-        finally:
-            plan.close()
+                    outcome = await self._asend_all(calls)
+                except RerankError as exc:
+                    outcome = exc
+        return steps.value
 
     async def _asend_all(self, calls: list[Call]) -> list[Any]:
         if len(calls) == 1:
@@ -851,6 +844,30 @@ class _CheckState:
             warnings=self.warnings,
             error=self.error,
         )
+
+
+_START: list[Any] = []  # the outcome that starts a plan (compared by identity)
+
+
+class _Steps:
+    """Feeds each round's outcome (results, or the error to raise inside the plan) to a plan; shared by the
+    sync and async drivers."""
+
+    def __init__(self, plan: Plan[Any]) -> None:
+        self.plan = plan
+        self.value: Any = None
+
+    def advance(self, outcome: list[Any] | RerankError) -> list[Call] | None:
+        """The plan's next calls, or None once it has returned (its value is then in ``value``)."""
+        try:
+            if outcome is _START:
+                return next(self.plan)
+            if isinstance(outcome, RerankError):
+                return self.plan.throw(outcome)
+            return self.plan.send(outcome)
+        except StopIteration as done:
+            self.value = done.value
+            return None
 
 
 def _replay(first: TransientError, send: Callable[[Call], Any], call: Call) -> Callable[[], Any]:
