@@ -249,7 +249,6 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
                 capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
             )
             if done.returncode != 0:
-                log(done.stderr[-4000:])  # the worker's traceback, for whoever needs more than one line
                 last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 raise RerankError(f"benchmark worker {method!r} failed: {last_line}")
             raw[method] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -316,15 +316,18 @@ def test_bench_passes_options_and_prints_the_table(monkeypatch):
     assert result.stderr.strip() == "running official ..."  # progress stays off stdout
 
 
-def test_bench_errors_exit_with_one_line(monkeypatch):
+def test_bench_errors_exit_with_one_line(monkeypatch, tiny_model_dir):
     # Unmocked: the real benchmark resolves the device first.
     assert_one_line_error(invoke("bench", "--device", "npu:7"), 3, "npu")
 
-    def failing_worker(config, *, log):
-        raise RuntimeError("benchmark worker 'crossencoder' failed:\nTraceback ...\nImportError: no module x")
+    def failing_worker(command, **kwargs):  # every worker process dies with an import error
+        return subprocess.CompletedProcess(command, 1, stdout="", stderr="Traceback ...\nImportError: no module x\n")
 
-    monkeypatch.setattr("qwen3_rerank_integrations.benchmark.run_benchmark", failing_worker)
-    assert_one_line_error(invoke("bench"), 3, "'crossencoder' failed: ImportError: no module x")
+    monkeypatch.setattr("qwen3_rerank_integrations.benchmark.subprocess.run", failing_worker)
+    result = invoke("bench", "--model", str(tiny_model_dir))
+    assert result.stderr.startswith("running official")  # progress, then the one error line
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == "Error: benchmark worker 'official' failed: ImportError: no module x"
 
 
 # ------------------------------------------------------------------------------------------------ installed script
