@@ -42,18 +42,19 @@ def corpus_texts() -> list[str]:
 
 
 @functools.cache
-def sentence_transformer(path: Path):
+def embedded_corpus(minilm_dir: Path):
+    """The sentence-transformers model and the corpus's unit-length embeddings, computed once."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(path), device="cpu")
+    minilm = SentenceTransformer(str(minilm_dir), device="cpu")
+    return minilm, minilm.encode(corpus_texts(), normalize_embeddings=True, convert_to_tensor=True)
 
 
 def expected_rows(minilm_dir, reference_scorer, query, *, top_k, top_n, instruction=None):
     """(text, retrieval score, rerank score) best first, computed without the package or the frameworks."""
     from sentence_transformers import util
 
-    minilm = sentence_transformer(minilm_dir)
-    corpus = minilm.encode(corpus_texts(), normalize_embeddings=True, convert_to_tensor=True)
+    minilm, corpus = embedded_corpus(minilm_dir)
     question = minilm.encode([query], normalize_embeddings=True, convert_to_tensor=True)
     hits = util.semantic_search(question, corpus, top_k=top_k)[0]
     texts = [corpus_texts()[hit["corpus_id"]] for hit in hits]
