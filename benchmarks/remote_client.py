@@ -24,17 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the stand-in lives in tests/
 
-import httpx  # noqa: E402
+import httpx
 
-from qwen3_rerank_integrations import VLLMScorer  # noqa: E402
-from qwen3_rerank_integrations.prompt import (  # noqa: E402
+from qwen3_rerank_integrations import VLLMScorer
+from qwen3_rerank_integrations.prompt import (
     DEFAULT_INSTRUCTION,
     PREFIX,
     SUFFIX,
     document_part,
     query_part,
 )
-from tests.vllm_standin import VLLMStandIn  # noqa: E402
+from tests.vllm_standin import VLLMStandIn
 
 QUERY = "What is the capital of China?"
 

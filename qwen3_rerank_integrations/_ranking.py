@@ -107,7 +107,7 @@ class RerankerBase(BaseModel):
         # ValueError, not TypeError: pydantic turns it into a ValidationError naming the field.
         if isinstance(value, type):
             name = value.__name__
-            raise ValueError(f"scorer must be an instance, got the class {name}; e.g. {name}(...)")  # noqa: TRY004
+            raise ValueError(f"scorer must be an instance, got the class {name}; e.g. {name}(...)")
         return value
 
     @field_validator("instruction")

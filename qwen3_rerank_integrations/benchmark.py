@@ -33,11 +33,7 @@ from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
 __all__ = ["BenchmarkConfig", "MethodResult", "BenchmarkReport", "run_benchmark", "main"]
 
 METHODS = ("official", "crossencoder", "local_scorer")
-_WORDS = (
-    "the of and to in is was for on that with as by at from his an were are which this be or has had but not they "
-    "their its one all also first new more two can after who other been some when there into time ocean water "
-    "temperature current wind coastal season cold warm surface deep layer nutrient"
-).split()
+_WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "an", "were", "are", "which", "this", "be", "or", "has", "had", "but", "not", "they", "their", "its", "one", "all", "also", "first", "new", "more", "two", "can", "after", "who", "other", "been", "some", "when", "there", "into", "time", "ocean", "water", "temperature", "current", "wind", "coastal", "season", "cold", "warm", "surface", "deep", "layer", "nutrient"]
 _QUERY = "what drives the seasonal variation in ocean surface temperature near coastal upwelling zones"
 # sentence-transformers renders the prompt with this chat template. Jinja drops a template's final newline, so
 # it ends with one "\n" more than the suffix (see the notes on keep_trailing_newline).
@@ -131,7 +127,7 @@ def _workload(count: int, seed: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- workers
-def _official(spec: dict[str, Any]) -> Callable[[], list[float]]:
+def _official(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
     """The model card's method: left-padded batches of 16, full-vocabulary logits, log_softmax over no/yes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -143,11 +139,11 @@ def _official(spec: dict[str, Any]) -> Callable[[], list[float]]:
     yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
     prefix = tokenizer.encode(PREFIX, add_special_tokens=False)
     suffix = tokenizer.encode(SUFFIX, add_special_tokens=False)
-    pairs = [format_body(spec["query"], doc, DEFAULT_INSTRUCTION) for doc in spec["documents"]]
     size = spec["official_batch_size"]
 
     @torch.inference_mode()
-    def run() -> list[float]:
+    def run(documents: list[str]) -> list[float]:
+        pairs = [format_body(spec["query"], doc, DEFAULT_INSTRUCTION) for doc in documents]
         scores: list[float] = []
         for start in range(0, len(pairs), size):
             encoded = tokenizer(pairs[start : start + size], padding=False, truncation="longest_first",
@@ -162,7 +158,7 @@ def _official(spec: dict[str, Any]) -> Callable[[], list[float]]:
     return run
 
 
-def _crossencoder(spec: dict[str, Any]) -> Callable[[], list[float]]:
+def _crossencoder(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
     from sentence_transformers import CrossEncoder
 
     template = _CROSSENCODER_TEMPLATE.replace("{{ instruction }}", DEFAULT_INSTRUCTION)
@@ -171,16 +167,18 @@ def _crossencoder(spec: dict[str, Any]) -> Callable[[], list[float]]:
         model_kwargs={"dtype": spec["dtype"], "attn_implementation": "sdpa"},
         processor_kwargs={"chat_template": template},
     )
-    pairs = [(spec["query"], doc) for doc in spec["documents"]]
-    return lambda: encoder.predict(pairs, batch_size=spec["crossencoder_batch_size"], show_progress_bar=False).tolist()
+    size = spec["crossencoder_batch_size"]
+    return lambda documents: encoder.predict(
+        [(spec["query"], doc) for doc in documents], batch_size=size, show_progress_bar=False
+    ).tolist()
 
 
-def _local_scorer(spec: dict[str, Any]) -> Callable[[], list[float]]:
+def _local_scorer(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
     from .local import LocalScorer
 
     dtype = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}[spec["dtype_name"]]
     scorer = LocalScorer(spec["model"], device=spec["device"], dtype=dtype).load()
-    return lambda: scorer.score(spec["query"], spec["documents"])
+    return lambda documents: scorer.score(spec["query"], documents)
 
 
 def _worker(method: str, spec_path: str) -> None:
@@ -192,14 +190,14 @@ def _worker(method: str, spec_path: str) -> None:
     spec["dtype"] = getattr(torch, spec["dtype_name"].removeprefix("torch."))
     accelerator = getattr(torch, torch.device(spec["device"]).type, None) if spec["device"] != "cpu" else None
     run = {"official": _official, "crossencoder": _crossencoder, "local_scorer": _local_scorer}[method](spec)
-    run()  # warm-up: kernels, allocator, tokenizer caches
+    run(spec["documents"][:8])  # warm-up: kernels, allocator, tokenizer caches
     best, scores = float("inf"), []
     for _ in range(spec["reps"]):
         if accelerator is not None:
             accelerator.synchronize()
             accelerator.reset_peak_memory_stats()
         start = time.perf_counter()
-        scores = run()
+        scores = run(spec["documents"])
         if accelerator is not None:
             accelerator.synchronize()
         best = min(best, time.perf_counter() - start)
@@ -213,7 +211,6 @@ def _worker(method: str, spec_path: str) -> None:
 # ------------------------------------------------------------------------------------------- driver
 def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print) -> BenchmarkReport:
     """Run every method in its own subprocess on the same workload and collect a report."""
-    import torch
     from transformers import AutoTokenizer
 
     from .devices import resolve_device, resolve_dtype

@@ -161,7 +161,7 @@ def read_documents(source: str, input_format: str = "auto") -> list[str]:
             raise ValueError(f"{where} line {number} is not valid JSON: {exc.msg}") from exc
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             # Malformed input data, not a wrong argument type: a ValueError like the other file faults.
-            raise ValueError(f"{where} line {number} must be a JSON object with a string 'text' field")  # noqa: TRY004
+            raise ValueError(f"{where} line {number} must be a JSON object with a string 'text' field")
         documents.append(record["text"])
     return documents
 

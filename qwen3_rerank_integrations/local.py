@@ -180,7 +180,7 @@ class LocalScorer(BaseModel):
             ) from exc
         try:
             return str(snapshot_download(self.model, revision=self.revision, cache_dir=self.cache_dir))
-        except Exception as exc:  # noqa: BLE001 - modelscope raises many unrelated types
+        except Exception as exc:  # modelscope raises many unrelated types
             raise ModelLoadError(
                 f"could not load model={self.model!r}: tried a local folder (none), then ModelScope ({exc}). "
                 "Check the id, your network, or download the model and pass its folder."
@@ -206,7 +206,7 @@ class LocalScorer(BaseModel):
             location = self._model_location()
             try:
                 tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left", **self._hub_kwargs())
-            except Exception as exc:  # noqa: BLE001 - hub/IO/parse errors all mean "not loadable"
+            except Exception as exc:  # hub/IO/parse errors all mean "not loadable"
                 raise self._load_error("tokenizer", exc) from exc
             if tokenizer.pad_token is None:  # "Cannot handle batch sizes > 1 if no padding token is defined"
                 tokenizer.pad_token = "<|endoftext|>"
@@ -219,13 +219,12 @@ class LocalScorer(BaseModel):
     def _ensure_model(self) -> None:
         if self._model is not None:
             return
-        import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
         location = self._model_location()
         try:
             config = AutoConfig.from_pretrained(location, **self._hub_kwargs())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._load_error("config", exc) from exc
         architectures = set(getattr(config, "architectures", None) or ["Qwen3ForCausalLM"])
         if config.model_type != "qwen3" or not architectures & _QWEN3_ARCHITECTURES:
@@ -245,9 +244,9 @@ class LocalScorer(BaseModel):
                 trust_remote_code=False,
                 **self._hub_kwargs(),
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._load_error("weights", exc) from exc
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() narrowly
         encoder = self._ensure_encoder()
         weight = model.get_output_embeddings().weight
         self._head = (weight[encoder.yes_id].float() - weight[encoder.no_id].float()).detach().to(device)
@@ -308,7 +307,8 @@ class LocalScorer(BaseModel):
             self._model.base_model(
                 input_ids=torch.tensor([prefix], device=self.torch_device), past_key_values=cache, use_cache=True
             )
-        return [(layer.keys, layer.values) for layer in cache.layers]
+        # Qwen3 has full-attention layers only, so every cache layer holds plain keys/values.
+        return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr]
 
     def _forward(self, tails: list[list[int]], prefix_cache: list[tuple[Any, Any]] | None) -> list[float]:
         """Scores of one batch of prompt tails that follow the cached shared prefix.
@@ -322,7 +322,9 @@ class LocalScorer(BaseModel):
         assert self._encoder is not None
         device = self.torch_device
         width = max(len(t) for t in tails)
-        input_ids = torch.full((len(tails), width), self._encoder.tokenizer.pad_token_id, dtype=torch.long)
+        pad_id = self._encoder.tokenizer.pad_token_id
+        assert pad_id is not None  # set at load; its value never reaches a real token (right padding)
+        input_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
         tail_mask = torch.zeros((len(tails), width), dtype=torch.long)
         for row, tail in enumerate(tails):
             input_ids[row, : len(tail)] = torch.tensor(tail, dtype=torch.long)

@@ -67,6 +67,8 @@ def format_prompt(query: str, document: str, instruction: str = DEFAULT_INSTRUCT
 
 
 class _Tokenizer(Protocol):
+    pad_token_id: int | None
+
     def __call__(self, text: Any, **kwargs: Any) -> Any: ...
 
     def convert_tokens_to_ids(self, tokens: Any) -> Any: ...

@@ -20,9 +20,7 @@ DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that
 def format_instruction(instruction: str | None, query: str, doc: str) -> str:
     if instruction is None:
         instruction = DEFAULT_INSTRUCTION
-    return "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}".format(
-        instruction=instruction, query=query, doc=doc
-    )
+    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
 
 
 def official_input_ids(tokenizer, pairs: list[str], max_length: int) -> list[list[int]]:

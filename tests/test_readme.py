@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _setup_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", readme, re.S)
+    block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL)
     assert block, "README must open with a bash block of set-up commands"
     return [line for line in block.group(1).splitlines() if line.strip()]
 
