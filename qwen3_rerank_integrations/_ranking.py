@@ -5,8 +5,9 @@ get one score per text back. This module checks that answer (one finite number p
 ranks it: score descending, ties in input order (a stable sort), then ``score_threshold``, then ``top_n``.
 Each adapter only maps its framework's objects to texts and the ranking back to new objects.
 
-It imports pydantic only; the scorers are imported inside :meth:`RerankerBase.from_model` /
-:meth:`RerankerBase.from_vllm`, so importing an adapter never imports torch or httpx.
+It imports pydantic and :mod:`~qwen3_rerank_integrations.local` (which imports torch only when a model loads);
+:class:`~qwen3_rerank_integrations.VLLMScorer` is imported inside :meth:`RerankerBase.from_vllm`, so importing an
+adapter never imports torch or httpx.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 from typing_extensions import Self
 
 from .errors import RerankError
+from .local import DEFAULT_MODEL, LocalScorer
 from .scorer import Scorer, validate_inputs
 
 __all__ = ["Ranked", "RerankerBase", "rank", "scorer_name"]
-
-_DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"  # local.DEFAULT_MODEL, repeated so this module stays torch-free
 
 
 class Ranked(NamedTuple):
@@ -125,7 +125,7 @@ class RerankerBase(BaseModel):
 
     # ------------------------------------------------------------------------------------ constructors
     @classmethod
-    def from_model(cls, model: str = _DEFAULT_MODEL, /, **kwargs: Any) -> Self:
+    def from_model(cls, model: str = DEFAULT_MODEL, /, **kwargs: Any) -> Self:
         """Build this reranker on a :class:`~qwen3_rerank_integrations.LocalScorer` (in-process model).
 
         Keyword arguments that name one of this class's fields (``top_n``, ``score_threshold``,
@@ -135,8 +135,6 @@ class RerankerBase(BaseModel):
         Example:
             >>> reranker = Qwen3RerankCompressor.from_model("Qwen/Qwen3-Reranker-0.6B", device="cpu", top_n=5)
         """
-        from .local import LocalScorer  # here, not at the top: importing an adapter must not import torch
-
         own, scorer_kwargs = cls._split_kwargs(kwargs)
         return cls(scorer=LocalScorer(model, **scorer_kwargs), **own)
 
