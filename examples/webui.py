@@ -119,7 +119,7 @@ def render_results(ranked: Sequence[tuple[float, str]], summary: str) -> str:
 def build_page(backends: Backends, args: argparse.Namespace) -> gr.Blocks:
     import gradio as gr
 
-    from qwen3_rerank_integrations import RerankError
+    from qwen3_rerank_integrations import DEFAULT_INSTRUCTION, RerankError
 
     def rerank(query: str, source: str, typed: str, instruction: str, backend: str, top_n: float) -> str:
         if not query.strip():
@@ -150,8 +150,7 @@ def build_page(backends: Backends, args: argparse.Namespace) -> gr.Blocks:
                 typed = gr.Textbox(label="One document per line", value=EXAMPLE_DOCUMENTS, lines=8,
                                    elem_id="documents")
                 instruction = gr.Textbox(label="Instruction (optional)", value=args.instruction or "",
-                                         placeholder="Given a web search query, retrieve relevant passages "
-                                         "that answer the query", elem_id="instruction")
+                                         placeholder=DEFAULT_INSTRUCTION, elem_id="instruction")
                 backend = gr.Radio([(label, key) for key, label in backends.labels.items()], value=args.backend,
                                    label="Backend", elem_id="backend")
                 top_n = gr.Slider(1, 50, value=10, step=1, label="Show the top", elem_id="top-n")
