@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from qwen3_rerank_integrations.local import DEFAULT_MODEL as DEFAULT_RERANK_MODEL  # torch-free to import
+
 if TYPE_CHECKING:
     from qwen3_rerank_integrations import Scorer
 
 CORPUS_PATH = Path(__file__).with_name("corpus.jsonl")
 DEFAULT_EMBED_MODEL = "BAAI/bge-small-en-v1.5"
-DEFAULT_RERANK_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_QUERY = "How do I protect my server from attackers?"
 
 
