@@ -704,9 +704,7 @@ class VLLMScorer(BaseModel):
         import httpx
 
         where = f"{call.method} {self.base_url}{call.path}"
-        detail = str(exc) or type(exc).__name__
-        for secret in self._secrets():
-            detail = detail.replace(secret, "***")
+        detail = protocol._redact(str(exc) or type(exc).__name__, self._secrets())
         if isinstance(exc, httpx.TimeoutException):
             return TransientError(ServerTimeoutError(f"{where} timed out after {self.timeout:g}s ({detail})"))
         return TransientError(ServerConnectionError(f"could not reach the vLLM server: {where} failed: {detail}"))
