@@ -176,8 +176,7 @@ def _crossencoder(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
 def _local_scorer(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
     from .local import LocalScorer
 
-    dtype = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}[spec["dtype_name"]]
-    scorer = LocalScorer(spec["model"], device=spec["device"], dtype=dtype).load()
+    scorer = LocalScorer(spec["model"], device=spec["device"], dtype=spec["dtype_name"].removeprefix("torch.")).load()
     return lambda documents: scorer.score(spec["query"], documents)
 
 
