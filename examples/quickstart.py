@@ -41,7 +41,7 @@ def run(argv: Sequence[str] | None = None) -> list[tuple[float, str]]:
 
     scorer = LocalScorer(args.model, device=args.device)
     scores = scorer.score(args.query, DOCUMENTS)
-    ranked = sorted(zip(scores, DOCUMENTS), reverse=True)
+    ranked = sorted(zip(scores, DOCUMENTS), key=lambda pair: -pair[0])  # stable: ties keep input order
 
     print(f"Query: {args.query}   (model {args.model} on {scorer.torch_device})\n")
     for rank, (score, document) in enumerate(ranked, start=1):

@@ -205,7 +205,7 @@ class LocalScorer(BaseModel):
 
             location = self._model_location()
             try:
-                tokenizer = AutoTokenizer.from_pretrained(location, padding_side="left", **self._hub_kwargs())
+                tokenizer = AutoTokenizer.from_pretrained(location, **self._hub_kwargs())
             except Exception as exc:  # hub/IO/parse errors all mean "not loadable"
                 raise self._load_error("tokenizer", exc) from exc
             if tokenizer.pad_token is None:  # "Cannot handle batch sizes > 1 if no padding token is defined"

@@ -423,7 +423,7 @@ class VLLMScorer(BaseModel):
             if context is None:  # some servers/proxies hide /v1/models; /tokenize reports it too
                 (tokenized,) = yield [self._tokenize_call("a", tolerate=(RouteNotFoundError, BadRequestError))]
                 value = tokenized.get("max_model_len") if isinstance(tokenized, dict) else None
-                context = value if isinstance(value, int) and value > 0 else None
+                context = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
             if context is None:
                 logger.warning("%s reports no max_model_len; long documents will not be cut", self.base_url)
             state.context, state.context_known = context, True
