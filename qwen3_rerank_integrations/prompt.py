@@ -29,6 +29,8 @@ __all__ = [
     "format_prompt",
     "query_part",
     "document_part",
+    "query_side",
+    "document_side",
     "PromptTokens",
     "PromptEncoder",
 ]
@@ -54,6 +56,21 @@ def query_part(query: str, instruction: str) -> str:
 def document_part(document: str) -> str:
     """The body's tail: ``<Document>: {document}``."""
     return f"{_DOCUMENT_TAG}{document}"
+
+
+def query_side(query: str, instruction: str) -> str:
+    """Everything before the document: ``PREFIX`` + the ``<Instruct>``/``<Query>`` part.
+
+    With :func:`document_side` it splits the prompt where a server that concatenates a query text and a
+    document text (vLLM without a score template) needs it; the seam falls on a pre-token boundary, so the two
+    halves tokenize to exactly the official ids.
+    """
+    return PREFIX + query_part(query, instruction)
+
+
+def document_side(document: str) -> str:
+    """Everything from the document tag on: ``<Document>: {document}`` + ``SUFFIX``."""
+    return document_part(document) + SUFFIX
 
 
 def format_body(query: str, document: str, instruction: str = DEFAULT_INSTRUCTION) -> str:

@@ -45,7 +45,7 @@ from .errors import (
     ServerConnectionError,
     ServerTimeoutError,
 )
-from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, document_part, query_part
+from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, document_part, document_side, query_part, query_side
 from .scorer import validate_inputs
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ class VLLMScorer(BaseModel):
     def _scoring_call(self, query: str, documents: Sequence[str], instruction: str) -> Call:
         if self.template == "client":
             query, documents, sent_instruction = (
-                PREFIX + query_part(query, instruction), [document_part(d) + SUFFIX for d in documents], None
+                query_side(query, instruction), [document_side(d) for d in documents], None
             )
         else:
             sent_instruction = instruction
@@ -341,7 +341,7 @@ class VLLMScorer(BaseModel):
         limit = yield from self._limit_plan()
         if limit is None:
             return docs
-        head = PREFIX + query_part(query, instruction)
+        head = query_side(query, instruction)
         tag_bytes = len(_DOCUMENT_TAG)  # ASCII, and it ends in a space, which composes with nothing under NFC
         bounds = [tag_bytes + protocol.max_tokens_bound(d) for d in docs]
         fixed = protocol.max_tokens_bound(head) + protocol.max_tokens_bound(SUFFIX)
@@ -502,8 +502,8 @@ class VLLMScorer(BaseModel):
 
     def _prompt_tokens_plan(self, query: str, docs: list[str], instruction: str) -> Plan[int]:
         """Tokens of the official prompts of ``docs``, as the server counts them."""
-        ids = yield from self._tokenize_plan([PREFIX + query_part(query, instruction)] + [
-            document_part(d) + SUFFIX for d in docs
+        ids = yield from self._tokenize_plan([query_side(query, instruction)] + [
+            document_side(d) for d in docs
         ])
         return len(ids[0]) * len(docs) + sum(len(x) for x in ids[1:])
 
