@@ -34,13 +34,14 @@ from .scorer import Scorer
 
 if TYPE_CHECKING:
     from .local import LocalScorer
-    from .vllm import VLLMScorer
+    from .vllm import ServerCheck, VLLMScorer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LocalScorer",
     "VLLMScorer",
+    "ServerCheck",
     "Scorer",
     "DEFAULT_INSTRUCTION",
     "RerankError",
@@ -58,7 +59,7 @@ __all__ = [
     "InvalidResponseError",
 ]
 
-_LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm"}
+_LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm", "ServerCheck": ".vllm"}
 
 
 def __getattr__(name: str) -> Any:
