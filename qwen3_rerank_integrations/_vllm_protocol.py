@@ -150,7 +150,7 @@ def usage_tokens(body: Any) -> int | None:
     if not isinstance(usage, dict):
         return None
     for key in ("prompt_tokens", "total_tokens"):
-        if _is_int(usage.get(key)):
+        if is_int(usage.get(key)):
             return int(usage[key])
     return None
 
@@ -274,7 +274,13 @@ def _snippet(value: Any) -> str:
     return repr(value)[:_SNIPPET]
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """A JSON integer: ``True``/``False`` are ints to Python but not to the protocol."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(value: Any) -> int | None:
+    """``value`` when it is a JSON integer above 0 (a context length), else None."""
+    return value if is_int(value) and value > 0 else None
 
 

@@ -423,7 +423,7 @@ class VLLMScorer(BaseModel):
             if context is None:  # some servers/proxies hide /v1/models; /tokenize reports it too
                 (tokenized,) = yield [self._tokenize_call("a", tolerate=(RouteNotFoundError, BadRequestError))]
                 value = tokenized.get("max_model_len") if isinstance(tokenized, dict) else None
-                context = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+                context = protocol.positive_int(value)
             if context is None:
                 logger.warning("%s reports no max_model_len; long documents will not be cut", self.base_url)
             state.context, state.context_known = context, True
@@ -903,12 +903,12 @@ def _context_from_models(body: Any, model: str | None) -> int | None:
     for entry in entries:
         if isinstance(entry, dict) and (model is None or entry.get("id") == model):
             value = entry.get("max_model_len")
-            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+            return protocol.positive_int(value)
     return None
 
 
 def _token_ids(body: Any) -> list[int]:
     tokens = body.get("tokens") if isinstance(body, dict) else None
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+    if not isinstance(tokens, list) or not all(protocol.is_int(t) for t in tokens):
         raise InvalidResponseError(f"the server's /tokenize answer has no 'tokens' list of ints: {body!r:.300}")
     return tokens
