@@ -45,7 +45,16 @@ from .errors import (
     ServerConnectionError,
     ServerTimeoutError,
 )
-from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, document_part, document_side, query_part, query_side
+from .prompt import (
+    DEFAULT_INSTRUCTION,
+    PREFIX,
+    SUFFIX,
+    document_part,
+    document_side,
+    escape_control_tokens,
+    query_part,
+    query_side,
+)
 from .scorer import validate_inputs
 
 if TYPE_CHECKING:
@@ -326,8 +335,9 @@ class VLLMScorer(BaseModel):
             query, documents, sent_instruction = (
                 query_side(query, instruction), [document_side(d) for d in documents], None
             )
-        else:
-            sent_instruction = instruction
+        else:  # the server's template parses control tokens in what it renders: send the texts escaped
+            query, documents = escape_control_tokens(query), [escape_control_tokens(d) for d in documents]
+            sent_instruction = escape_control_tokens(instruction)
         build = protocol.rerank_payload if self.route == "rerank" else protocol.score_payload
         path = protocol.RERANK_PATH if self.route == "rerank" else protocol.SCORE_PATH
         return Call("POST", path, build(query, documents, model=self.model, instruction=sent_instruction))
