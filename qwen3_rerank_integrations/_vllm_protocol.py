@@ -108,11 +108,22 @@ def _common_fields(body: dict[str, Any], model: str | None, instruction: str | N
     return body
 
 
+# A Qwen3-Reranker served as vLLM's one-row classifier answers sigmoid probabilities; anything outside [0, 1]
+# comes from another pooling setup, and the likeliest one is a known deployment mistake.
+OUT_OF_RANGE_HINT = (
+    "a Qwen3-Reranker served as a classifier returns probabilities. The server most likely runs in embed mode "
+    "(`--convert embed` / `--task embed`), where /rerank and /score return cosine similarities of embeddings "
+    "(-1 to 1); restart it with `--runner pooling` (older vLLM: `--task score`) and the Qwen3-Reranker "
+    "`--hf-overrides` (README, \"vLLM server\"), and no `--convert embed`."
+)
+
+
 def parse_scores(body: Any, count: int, route: Route) -> list[float]:
     """Scores in request order from a rerank/score response for ``count`` documents.
 
     Results come sorted by score, so they are placed by ``index``. Every index must appear exactly once with
-    a finite score; anything else raises :class:`InvalidResponseError` (never a partial or shuffled list).
+    a finite score in [0, 1]; anything else raises :class:`InvalidResponseError` (never a partial or shuffled
+    list).
     """
     key, score_key = ("results", "relevance_score") if route == "rerank" else ("data", "score")
     if not isinstance(body, dict) or not isinstance(body.get(key), list):
@@ -133,6 +144,11 @@ def parse_scores(body: Any, count: int, route: Route) -> list[float]:
         if type(value) not in (float, int) or not math.isfinite(value):  # type: ignore[arg-type]
             raise InvalidResponseError(
                 f"the server's {route} response has {score_key}={value!r} for index {index}, not a finite number"
+            )
+        if not 0.0 <= value <= 1.0:  # type: ignore[operator]
+            raise InvalidResponseError(
+                f"the server's {route} response has {score_key}={value!r} for index {index}, outside [0, 1]; "
+                + OUT_OF_RANGE_HINT
             )
         scores[index] = float(value)  # type: ignore[arg-type]  # checked just above
     missing = [i for i, s in enumerate(scores) if s is None]

@@ -183,3 +183,23 @@ def test_secrets_are_redacted_from_server_messages():
 def test_non_json_success_is_invalid():
     with pytest.raises(InvalidResponseError, match="not JSON"):
         _read(200, b"<html>gateway</html>")
+
+
+# ------------------------------------------------------------------------------------------------ score range
+@pytest.mark.parametrize("route", ["rerank", "score"])
+@pytest.mark.parametrize("value", [-0.031, 1.0000001, 7.5, -1])
+def test_scores_outside_0_1_raise_and_name_embed_mode(route, value):
+    """A classifier answers probabilities; an embed-mode server answers cosine similarities (seen: -0.031)."""
+    key, score_key = ("results", "relevance_score") if route == "rerank" else ("data", "score")
+    body = {key: [{"index": 0, score_key: 0.5}, {"index": 1, score_key: value}]}
+    with pytest.raises(InvalidResponseError) as caught:
+        protocol.parse_scores(body, 2, route)
+    message = str(caught.value)
+    assert f"{score_key}={value!r} for index 1, outside [0, 1]" in message
+    assert "embed mode" in message and "--convert embed" in message and "--runner pooling" in message
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1, 1.0, 5e-324])
+def test_scores_on_the_bounds_are_accepted(value):
+    body = {"results": [{"index": 0, "relevance_score": value}]}
+    assert protocol.parse_scores(body, 1, "rerank") == [float(value)]
