@@ -33,6 +33,7 @@ from .prompt import DEFAULT_INSTRUCTION
 from .scorer import Scorer
 
 if TYPE_CHECKING:
+    from .cache import ByteStoreScoreCache, CachedScorer, CacheStats, DiskScoreCache, InMemoryScoreCache, ScoreCache
     from .local import LocalScorer
     from .vllm import ServerCheck, VLLMScorer
 
@@ -43,6 +44,12 @@ __all__ = [
     "VLLMScorer",
     "ServerCheck",
     "Scorer",
+    "CachedScorer",
+    "ScoreCache",
+    "InMemoryScoreCache",
+    "DiskScoreCache",
+    "ByteStoreScoreCache",
+    "CacheStats",
     "DEFAULT_INSTRUCTION",
     "RerankError",
     "ModelLoadError",
@@ -59,7 +66,8 @@ __all__ = [
     "InvalidResponseError",
 ]
 
-_LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm", "ServerCheck": ".vllm"}
+_CACHE_NAMES = ["CachedScorer", "ScoreCache", "InMemoryScoreCache", "DiskScoreCache", "ByteStoreScoreCache", "CacheStats"]
+_LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm", "ServerCheck": ".vllm", **dict.fromkeys(_CACHE_NAMES, ".cache")}
 
 
 def __getattr__(name: str) -> Any:

@@ -350,6 +350,32 @@ class LocalScorer(BaseModel):
             last_hidden = hidden[torch.arange(len(tails), device=device), last]
             return torch.sigmoid(last_hidden.float() @ self._head).tolist()
 
+    # ----------------------------------------------------------------------------------------- score cache
+    def cache_identity(self) -> dict[str, Any]:
+        """What decides this scorer's scores, for score-cache keys (:mod:`~qwen3_rerank_integrations.cache`):
+        the model (absolute folder or hub id) and its exact revision (a local folder's content fingerprint, or
+        the hub snapshot's commit), the dtype and device kind it computes in, and ``max_length``. Once the
+        model is loaded, the revision it was loaded at stays, even if its files are replaced later.
+        """
+        from .cache import model_revision, pinned_identity
+
+        def resolve() -> dict[str, Any]:
+            location = self._model_location()
+            local = os.path.isdir(location)
+            return {
+                "model": os.path.abspath(location) if local else location,
+                "revision": model_revision(location, self.revision, self.cache_dir, required=self._model is not None),
+            }
+
+        device = self.torch_device
+        return {
+            "backend": "local",
+            **pinned_identity(self._model, resolve),
+            "dtype": str(resolve_dtype(self.dtype, device)).removeprefix("torch."),
+            "device": device.type,
+            "max_length": self.max_length,
+        }
+
 
 def _shared_prefix_length(ids: list[list[int]]) -> int:
     """Length of the token prefix all prompts share, leaving at least one own token per prompt."""

@@ -736,6 +736,32 @@ class VLLMScorer(BaseModel):
             return state.local_tokenizer
 
 
+    # ----------------------------------------------------------------------------------------- score cache
+    def cache_identity(self) -> dict[str, Any]:
+        """What decides this scorer's scores, for score-cache keys (:mod:`~qwen3_rerank_integrations.cache`):
+        the server (``base_url`` without credentials or query), ``model``, ``template``, ``route`` and the
+        prompt limit in force (``max_length``, else the server's context, asked once). Never a secret.
+        """
+        return self._run(self._identity_plan())
+
+    async def acache_identity(self) -> dict[str, Any]:
+        """Async twin of :meth:`cache_identity`."""
+        return await self._arun(self._identity_plan())
+
+    def _identity_plan(self) -> Plan[dict[str, Any]]:
+        from .cache import public_url
+
+        context = yield from self._limit_plan()
+        return {
+            "backend": "vllm",
+            "base_url": public_url(self.base_url),
+            "model": self.model,
+            "template": self.template,
+            "route": self.route,
+            "max_length": self.max_length,
+            "context": context,
+        }
+
 class _CheckState:
     """What check() has learned so far; turned into a ServerCheck even when a step fails."""
 

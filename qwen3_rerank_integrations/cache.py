@@ -1,0 +1,762 @@
+"""An opt-in score cache: :class:`CachedScorer` and the stores behind it.
+
+A RAG service reranks the same popular queries against the same candidates again and again; each of those
+scores is a forward pass (or a request) that a cache answers in microseconds. :class:`CachedScorer` wraps any
+scorer, looks every (query, document) pair up, scores only the documents it does not have in one inner call,
+stores them, and returns all scores in input order. The numbers are the inner scorer's own, bit for bit.
+
+A cached score is only ever returned for the configuration that computed it. Its key is a sha256 over a
+canonical encoding of:
+
+- the key format (:data:`KEY_VERSION`) and this package's version (a release may change how a prompt is built);
+- the scorer's identity, the dict its ``cache_identity()`` returns: for
+  :class:`~qwen3_rerank_integrations.LocalScorer` the resolved model and its exact revision (see
+  :func:`model_revision`), dtype, device kind and ``max_length``; for
+  :class:`~qwen3_rerank_integrations.VLLMScorer` the server URL (no credentials), ``model``, ``template``,
+  ``route`` and the prompt limit in force;
+- the instruction actually used (after the scorer's default), the query, the document text.
+
+Stores: :class:`InMemoryScoreCache` (a thread-safe LRU, the default), :class:`DiskScoreCache` (diskcache,
+persistent and shared between processes), :class:`ByteStoreScoreCache` (any LangChain ``ByteStore``). Every
+store keeps hit/miss counts (:attr:`ScoreCache.stats`).
+
+The logic is written once, as a *plan* (a generator that asks for the identity, cache reads, scores and cache
+writes), driven by :func:`cached_scores` and its async twin :func:`acached_scores`; a scorer with a cache of
+its own calls those two directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import struct
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field, model_validator
+
+from .errors import RerankError
+from .prompt import DEFAULT_INSTRUCTION
+from .scorer import validate_inputs
+
+__all__ = [
+    "KEY_VERSION",
+    "ScoreCache",
+    "CacheStats",
+    "InMemoryScoreCache",
+    "DiskScoreCache",
+    "ByteStoreScoreCache",
+    "CachedScorer",
+    "cached_scores",
+    "acached_scores",
+    "score_keys",
+    "key_instruction",
+    "model_revision",
+    "pinned_identity",
+    "folder_fingerprint",
+    "public_url",
+]
+
+logger = logging.getLogger(__name__)
+
+KEY_VERSION = 1  # bump when the key's encoding changes: old entries then simply stop matching
+KEY_PREFIX = f"qwen3-rerank-score-v{KEY_VERSION}-"  # also lets ByteStoreScoreCache.clear() find its own keys
+
+Identity = Mapping[str, Any]
+IdentitySource = Union[Identity, Callable[[], Identity]]
+AsyncIdentitySource = Union[Identity, Callable[[], Union[Identity, Awaitable[Identity]]]]
+
+
+# ============================================================================================== keys
+def score_keys(identity: Identity, instruction: str | None, query: str, documents: Sequence[str]) -> list[str]:
+    """The cache key of each (query, document) pair under ``identity`` and ``instruction``.
+
+    What a call shares (format, package version, identity, instruction, query) is encoded once as canonical
+    JSON and hashed; each key hashes that fixed-length digest with the document's UTF-8 bytes, so no two
+    different inputs can produce the same encoded bytes.
+    """
+    from . import __version__
+
+    head = _canonical(
+        {"key": KEY_VERSION, "package": __version__, "identity": identity, "instruction": instruction, "query": query}
+    )
+    shared = hashlib.sha256(head).digest()
+    return [KEY_PREFIX + hashlib.sha256(shared + doc.encode("utf-8", "surrogatepass")).hexdigest() for doc in documents]
+
+
+def _canonical(value: Any) -> bytes:
+    def check(item: Any, where: str) -> Any:
+        if item is None or isinstance(item, (str, bool, int)):
+            return item
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"cache identity {where} is {item!r}; only finite numbers can be keyed")
+            return item
+        if isinstance(item, Mapping):
+            for key in item:
+                if not isinstance(key, str):  # JSON would turn 1 and "1" into the same key
+                    raise TypeError(f"cache identity {where} has a non-str key {key!r}")
+            return {key: check(v, f"{where}[{key!r}]") for key, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [check(v, f"{where}[{i}]") for i, v in enumerate(item)]
+        raise TypeError(
+            f"cache identity {where} is a {type(item).__name__}; use str, int, float, bool, None, lists and dicts"
+        )
+
+    checked = check(value, "")
+    return json.dumps(checked, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def public_url(url: str) -> str:
+    """``url`` without user, password, query or fragment: what identifies a server, never a secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+# ============================================================================================== model revision
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_TOKENIZER_FILES = frozenset(
+    {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+     "added_tokens.json", "chat_template.jinja", "chat_template.json"}
+)
+_HEAD_BYTES = 1 << 20  # the safetensors header plus this much tensor data is hashed whole
+_SAMPLES = 64  # then this many blocks spread evenly over the rest of the file
+_SAMPLE_BYTES = 64 << 10
+_MAX_HEADER = 100 << 20  # safetensors' own limit on its JSON header
+_fingerprints: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+_fingerprints_lock = threading.Lock()
+_pinned: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_pinned_lock = threading.Lock()
+
+
+def model_revision(
+    location: str, revision: str | None = None, cache_dir: str | None = None, *, required: bool = False
+) -> str | None:
+    """The exact revision of a model: what a cache key needs so that other weights never match.
+
+    - A local folder: ``"sha256:" +`` :func:`folder_fingerprint` (its content, not its path or dates).
+    - A hub id: the commit of the snapshot in the Hugging Face cache that ``revision`` (None: the default
+      branch) points to, read from the cache without a network call; ``revision`` itself when it is a commit.
+      None when nothing is cached yet (the model is not loaded, so nothing can have been scored with it).
+
+    Raises:
+        RerankError: ``required`` (the model is loaded) and the revision cannot be told.
+    """
+    if os.path.isdir(location):
+        return "sha256:" + folder_fingerprint(location)
+    if revision is not None and _COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(location, "config.json", cache_dir=cache_dir, revision=revision)
+    if isinstance(found, str):  # .../models--org--name/snapshots/<commit>/config.json
+        snapshot = Path(found).parent
+        if snapshot.parent.name == "snapshots" and _COMMIT.fullmatch(snapshot.name):
+            return snapshot.name
+    if required:
+        raise RerankError(
+            f"cannot tell which revision of model={location!r} is loaded (it is not in the Hugging Face cache), so "
+            "its scores cannot be cached safely; pass revision=<commit hash>, load it from a local folder, or give "
+            "CachedScorer an explicit identity="
+        )
+    return None
+
+
+def pinned_identity(weights: object | None, resolve: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``resolve()`` for a scorer whose weights are not loaded; once they are, the first identity resolved
+    after loading stays with that weights object, so replacing the files later never relabels the scores of
+    the weights still in memory."""
+    if weights is None:
+        return resolve()
+    with _pinned_lock:
+        found = _pinned.get(weights)
+    if found is None:
+        found = resolve()
+        with _pinned_lock:
+            found = _pinned.setdefault(weights, found)
+    return dict(found)
+
+
+def folder_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """A sha256 over what in a model folder decides its scores, without reading every weight.
+
+    Hashed whole: ``config.json`` and the tokenizer files. For each ``*.safetensors`` file: its name, its size,
+    its header (every tensor's name, dtype, shape and offsets) with the first MiB of data, and 64 blocks of
+    64 KiB spread evenly over the rest (a few MiB read per file, whatever its size). Retraining or converting a
+    checkpoint changes those blocks; a change confined to a few rows between them would go unseen: after such
+    an edit, clear the cache or give :class:`CachedScorer` an explicit ``identity``. Paths and dates are not
+    hashed, so a copied folder keeps its cache; the result is kept per file size, date and inode, so an
+    unchanged folder is hashed once per process.
+    """
+    folder = os.path.abspath(folder)
+    names = sorted(
+        name for name in os.listdir(folder)
+        if (name == "config.json" or name in _TOKENIZER_FILES or name.endswith(".safetensors"))
+        and os.path.isfile(os.path.join(folder, name))
+    )
+    stats = tuple(
+        (name, st.st_size, st.st_mtime_ns, st.st_ino) for name in names for st in [os.stat(os.path.join(folder, name))]
+    )
+    memo_key = (folder, stats)
+    with _fingerprints_lock:
+        if memo_key in _fingerprints:
+            _fingerprints.move_to_end(memo_key)
+            return _fingerprints[memo_key]
+    digest = hashlib.sha256()
+    for name, size, _, _ in stats:
+        digest.update(_canonical([name, size]))
+        path = os.path.join(folder, name)
+        digest.update(_sampled_digest(path, size) if name.endswith(".safetensors") else _file_digest(path))
+    value = digest.hexdigest()
+    with _fingerprints_lock:
+        _fingerprints[memo_key] = value
+        while len(_fingerprints) > 64:
+            _fingerprints.popitem(last=False)
+    return value
+
+
+def _file_digest(path: str) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def _sampled_digest(path: str, size: int) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        length = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))[0]
+        head = 8 + min(length, _MAX_HEADER) + _HEAD_BYTES
+        f.seek(0)
+        digest.update(f.read(head))
+        rest = size - head
+        if rest > 0:
+            step = max(rest // _SAMPLES, 1)
+            for offset in range(head, size, step):
+                f.seek(offset)
+                digest.update(f.read(_SAMPLE_BYTES))
+    return digest.digest()
+
+
+# ============================================================================================== stores
+class CacheStats(BaseModel):
+    """Lookups a score cache answered (hits) and did not (misses), since it was made or last cleared. Each
+    distinct (query, document) pair of a call is one lookup."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hits: int = Field(0, ge=0, description="Lookups that found a score.")
+    misses: int = Field(0, ge=0, description="Lookups that found none (those pairs were then scored).")
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented usage
+    @property
+    def hit_rate(self) -> float:
+        """hits / (hits + misses); 0.0 before any lookup."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class ScoreCache(BaseModel, ABC):
+    """A store of scores by key, with hit/miss counts. Subclass it for another store: implement
+    ``_get_many``, ``_set_many`` and ``_clear`` (and the async ``_aget_many``/``_aset_many`` if the store has
+    native async I/O; by default they run the sync ones on a worker thread)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    _counts_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _hits: int = PrivateAttr(0)
+    _misses: int = PrivateAttr(0)
+
+    def get_many(self, keys: Sequence[str]) -> list[float | None]:
+        """The score stored under each key, or None."""
+        return self._counted(self._get_many(list(keys)) if keys else [])
+
+    def set_many(self, items: Mapping[str, float]) -> None:
+        """Store scores by key."""
+        if items:
+            self._set_many({key: float(value) for key, value in items.items()})
+
+    async def aget_many(self, keys: Sequence[str]) -> list[float | None]:
+        """Async twin of :meth:`get_many`; never blocks the event loop on disk or network I/O."""
+        return self._counted(await self._aget_many(list(keys)) if keys else [])
+
+    async def aset_many(self, items: Mapping[str, float]) -> None:
+        """Async twin of :meth:`set_many`."""
+        if items:
+            await self._aset_many({key: float(value) for key, value in items.items()})
+
+    def clear(self) -> None:
+        """Drop every stored score and reset the counts."""
+        self._clear()
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Reset the hit/miss counts (the scores stay)."""
+        with self._counts_lock:
+            self._hits = self._misses = 0
+
+    @property
+    def stats(self) -> CacheStats:
+        """Hits, misses and hit rate so far."""
+        with self._counts_lock:
+            return CacheStats(hits=self._hits, misses=self._misses)
+
+    def _counted(self, values: list[Any]) -> list[float | None]:
+        # Anything but a finite float (a foreign or damaged entry) is a miss, never a score.
+        checked = [v if type(v) is float and math.isfinite(v) else None for v in values]
+        hits = sum(v is not None for v in checked)
+        with self._counts_lock:
+            self._hits += hits
+            self._misses += len(checked) - hits
+        return checked
+
+    @abstractmethod
+    def _get_many(self, keys: list[str]) -> list[Any]: ...
+
+    @abstractmethod
+    def _set_many(self, items: dict[str, float]) -> None: ...
+
+    @abstractmethod
+    def _clear(self) -> None: ...
+
+    async def _aget_many(self, keys: list[str]) -> list[Any]:
+        return await asyncio.to_thread(self._get_many, keys)
+
+    async def _aset_many(self, items: dict[str, float]) -> None:
+        await asyncio.to_thread(self._set_many, items)
+
+
+class InMemoryScoreCache(ScoreCache):
+    """A thread-safe LRU in this process: the least recently used score goes first once it is full.
+
+    Example:
+        >>> scorer = CachedScorer(scorer=LocalScorer("Qwen/Qwen3-Reranker-0.6B"), cache=InMemoryScoreCache())
+    """
+
+    max_entries: int = Field(100_000, gt=0, description="Most scores kept (about 200 bytes each).")
+
+    _entries: OrderedDict[str, float] = PrivateAttr(default_factory=OrderedDict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _get_many(self, keys: list[str]) -> list[Any]:
+        entries, found = self._entries, []
+        with self._lock:
+            for key in keys:
+                value = entries.get(key)
+                if value is not None:
+                    entries.move_to_end(key)
+                found.append(value)
+        return found
+
+    def _set_many(self, items: dict[str, float]) -> None:
+        entries = self._entries
+        with self._lock:
+            for key, value in items.items():
+                entries[key] = value
+                entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+
+    def _clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    async def _aget_many(self, keys: list[str]) -> list[Any]:
+        return self._get_many(keys)  # memory only: a thread hop would cost more than the lookup
+
+    async def _aset_many(self, items: dict[str, float]) -> None:
+        self._set_many(items)
+
+
+class DiskScoreCache(ScoreCache):
+    """A persistent cache in a folder (diskcache: SQLite), shared by threads and processes; needs
+    ``pip install "qwen3-rerank-integrations[cache]"``.
+
+    Scores are stored as SQLite REAL (exact doubles), never pickled, and an entry of any other kind (a folder
+    written by something else) reads as a miss: reading the cache never unpickles anything. Once the folder
+    outgrows ``size_limit``, the least recently stored scores go first.
+
+    Example:
+        >>> cache = DiskScoreCache(directory="~/.cache/my-app/rerank-scores")
+    """
+
+    directory: str = Field(description="The cache folder (made if missing; '~' expanded).")
+    size_limit: int = Field(1 << 30, gt=0, description="Most bytes on disk before old scores are evicted.")
+
+    _db: Any = PrivateAttr(None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, /, **data: Any) -> None:
+        # Lets the folder be positional: DiskScoreCache("scores/").
+        if directory is not None:
+            if "directory" in data:
+                raise TypeError("DiskScoreCache() got the directory both positionally and as directory=")
+            data["directory"] = os.fspath(directory)
+        super().__init__(**data)
+
+    def close(self) -> None:
+        """Close the database (it reopens on the next use)."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def __enter__(self) -> DiskScoreCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._cache())
+
+    def _cache(self) -> Any:
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    try:
+                        import diskcache
+                    except ImportError as exc:
+                        raise ImportError(
+                            'DiskScoreCache needs diskcache: pip install "qwen3-rerank-integrations[cache]"'
+                        ) from exc
+                    self._db = diskcache.Cache(
+                        os.path.expanduser(self.directory), disk=_float_disk(), size_limit=self.size_limit
+                    )
+        return self._db
+
+    def _get_many(self, keys: list[str]) -> list[Any]:
+        db = self._cache()
+        return [db.get(key) for key in keys]
+
+    def _set_many(self, items: dict[str, float]) -> None:
+        db = self._cache()
+        with db.transact():  # one commit for the whole call
+            for key, value in items.items():
+                db.set(key, value)
+
+    def _clear(self) -> None:
+        self._cache().clear()
+
+
+_FLOAT_DISK: Any = None
+
+
+def _float_disk() -> Any:
+    """A diskcache ``Disk`` that reads raw SQLite values only: it never unpickles or opens a value file."""
+    global _FLOAT_DISK
+    if _FLOAT_DISK is None:
+        import diskcache
+
+        class FloatDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache is untyped
+            def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+                return value if mode == diskcache.core.MODE_RAW else None
+
+            def get(self, key: Any, raw: bool) -> Any:  # keys as they come back from the table
+                return key if raw else None
+
+        _FLOAT_DISK = FloatDisk
+    return _FLOAT_DISK
+
+
+class ByteStoreScoreCache(ScoreCache):
+    """Scores in any LangChain ``ByteStore`` (``InMemoryByteStore``, ``LocalFileStore``, Redis, ...), as
+    8-byte little-endian doubles (exact; nothing is pickled). Uses the store's native async methods.
+
+    Example:
+        >>> from langchain_core.stores import InMemoryByteStore
+        >>> cache = ByteStoreScoreCache(store=InMemoryByteStore())
+    """
+
+    store: Any = Field(description="A langchain_core.stores.ByteStore (anything with mget/mset/mdelete/yield_keys).")
+
+    @model_validator(mode="after")
+    def _check_store(self) -> ByteStoreScoreCache:
+        missing = [name for name in ("mget", "mset", "mdelete", "yield_keys") if not callable(getattr(self.store, name, None))]
+        if missing:
+            raise TypeError(
+                f"store must be a LangChain ByteStore; {type(self.store).__name__} has no {', '.join(missing)}"
+            )
+        return self
+
+    def _get_many(self, keys: list[str]) -> list[Any]:
+        return [_unpack(value) for value in self.store.mget(keys)]
+
+    def _set_many(self, items: dict[str, float]) -> None:
+        self.store.mset([(key, struct.pack("<d", value)) for key, value in items.items()])
+
+    def _clear(self) -> None:
+        self.store.mdelete(list(self.store.yield_keys(prefix=KEY_PREFIX)))
+
+    async def _aget_many(self, keys: list[str]) -> list[Any]:
+        if not hasattr(self.store, "amget"):
+            return await super()._aget_many(keys)
+        return [_unpack(value) for value in await self.store.amget(keys)]
+
+    async def _aset_many(self, items: dict[str, float]) -> None:
+        if not hasattr(self.store, "amset"):
+            return await super()._aset_many(items)
+        await self.store.amset([(key, struct.pack("<d", value)) for key, value in items.items()])
+
+
+def _unpack(value: Any) -> float | None:
+    if isinstance(value, (bytes, bytearray)) and len(value) == 8:
+        return float(struct.unpack("<d", value)[0])
+    return None  # absent, or not ours
+
+
+# ============================================================================================== the plan
+_IDENTITY, _GET, _SET, _COMPUTE = "identity", "get", "set", "compute"
+_ROUNDS = 3
+Step = tuple[str, Any]
+
+
+def _plan(
+    query: str, documents: list[str], instruction: str | None, scorer: object
+) -> Generator[Step, Any, list[float]]:
+    """Look every distinct document up, score the missing ones in one inner call, store them; input order.
+
+    The identity is asked again after computing: a scorer that resolves its model while computing (a first
+    load that found another revision than the cache had) may answer differently, and then the fresh scores
+    are stored under the new identity and what the cache gave under the old one is looked up again.
+    """
+    from ._ranking import _checked_scores
+
+    if not documents:
+        return []
+    unique = list(dict.fromkeys(documents))  # duplicates within a call are scored once
+    identity = yield (_IDENTITY, None)
+    found: dict[str, float] = {}
+    for _ in range(_ROUNDS):
+        keys = dict(zip(unique, score_keys(identity, instruction, query, unique)))
+        pending = [doc for doc in unique if doc not in found]
+        values = yield (_GET, [keys[doc] for doc in pending])
+        found.update((doc, value) for doc, value in zip(pending, values) if value is not None)
+        missing = [doc for doc in unique if doc not in found]
+        if not missing:
+            return [found[doc] for doc in documents]
+        fresh = _checked_scores(scorer, (yield (_COMPUTE, missing)), len(missing))
+        after = yield (_IDENTITY, None)
+        if after != identity:
+            logger.info("the scorer's cache identity changed while it computed; looking the rest up again")
+            keys = dict(zip(missing, score_keys(after, instruction, query, missing)))
+            found, identity = {}, after
+        yield (_SET, {keys[doc]: score for doc, score in zip(missing, fresh)})
+        found.update(zip(missing, fresh))
+        if len(found) == len(unique):
+            return [found[doc] for doc in documents]
+    raise RerankError(
+        f"the cache identity of {type(scorer).__name__} changed every time it computed ({_ROUNDS} times in one "
+        "call); a cache_identity() must describe the configuration, not the moment"
+    )
+
+
+def cached_scores(
+    cache: ScoreCache,
+    identity: IdentitySource,
+    query: str,
+    documents: Sequence[str],
+    instruction: str | None,
+    compute: Callable[[list[str]], Sequence[float]],
+    *,
+    scorer: object = None,
+) -> list[float]:
+    """Scores of ``documents`` from ``cache``, calling ``compute`` once with only the missing ones.
+
+    Args:
+        cache: where scores are kept.
+        identity: the scorer's identity (a dict), or a function returning it (asked before and after computing).
+        query, documents: the call's arguments, already validated (``validate_inputs``).
+        instruction: the instruction the scorer will actually use (its default filled in), for the key.
+        compute: scores a list of documents for this query and instruction, in order.
+        scorer: the scorer behind ``compute``, named in error messages.
+
+    Raises:
+        whatever ``compute`` raises, unchanged (nothing is stored); RerankError when it returns other than one
+        probability per document.
+    """
+    plan = _plan(query, list(documents), instruction, scorer)
+    reply: Any = None
+    while True:
+        try:
+            kind, arg = plan.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if kind == _IDENTITY:
+            reply = identity() if callable(identity) else identity
+        elif kind == _GET:
+            reply = cache.get_many(arg)
+        elif kind == _SET:
+            reply = cache.set_many(arg)
+        else:
+            reply = compute(arg)
+
+
+async def acached_scores(
+    cache: ScoreCache,
+    identity: AsyncIdentitySource,
+    query: str,
+    documents: Sequence[str],
+    instruction: str | None,
+    compute: Callable[[list[str]], Awaitable[Sequence[float]]],
+    *,
+    scorer: object = None,
+) -> list[float]:
+    """Async twin of :func:`cached_scores`: ``compute`` is awaited, ``identity`` may be async, and a disk or
+    network store does its I/O off the event loop."""
+    plan = _plan(query, list(documents), instruction, scorer)
+    reply: Any = None
+    while True:
+        try:
+            kind, arg = plan.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if kind == _IDENTITY:
+            reply = identity() if callable(identity) else identity
+            if inspect.isawaitable(reply):
+                reply = await reply
+        elif kind == _GET:
+            reply = await cache.aget_many(arg)
+        elif kind == _SET:
+            reply = await cache.aset_many(arg)
+        else:
+            reply = await compute(arg)
+
+
+# ============================================================================================== the wrapper
+class CachedScorer(BaseModel):
+    """A scorer that remembers: any :class:`~qwen3_rerank_integrations.Scorer` plus a :class:`ScoreCache`.
+
+    Each call looks its pairs up, scores only the missing documents in one inner call, and returns every score
+    in input order, equal to the inner scorer's. Use it wherever a scorer goes (the LangChain and LlamaIndex
+    adapters take ``scorer=``). Two threads that miss the same pair at once both score it (same value).
+
+    Example:
+        >>> scorer = CachedScorer(scorer=LocalScorer("Qwen/Qwen3-Reranker-0.6B"))   # in-memory LRU
+        >>> scorer.score("capital of China?", ["Beijing is the capital.", "Gravity pulls."])
+        >>> scorer.stats
+        CacheStats(hits=0, misses=2, hit_rate=0.0)
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    scorer: Any = Field(description="The scorer whose scores are cached (LocalScorer, VLLMScorer, any Scorer).")
+    cache: ScoreCache = Field(
+        default_factory=InMemoryScoreCache,
+        description="Where scores are kept: InMemoryScoreCache (default), DiskScoreCache, ByteStoreScoreCache.",
+    )
+    identity: dict[str, Any] | None = Field(
+        None,
+        description="What identifies the inner scorer's configuration (model, revision, settings), for a scorer "
+        "without cache_identity(); also overrides it. Must change whenever the scores would.",
+    )
+
+    @model_validator(mode="after")
+    def _check_scorer(self) -> CachedScorer:
+        if not (callable(getattr(self.scorer, "score", None)) and callable(getattr(self.scorer, "ascore", None))):
+            raise TypeError(
+                "scorer must implement score() and ascore() (the Scorer protocol), got a "
+                f"{type(self.scorer).__name__}"
+            )
+        if self.identity is None and not callable(getattr(self.scorer, "cache_identity", None)):
+            raise TypeError(
+                f"{type(self.scorer).__name__} has no cache_identity(), so CachedScorer cannot tell its "
+                "configurations apart: pass identity={...} naming its model, revision and settings"
+            )
+        if self.identity is not None:
+            _canonical(self.identity)  # a bad identity fails here, not on the first call
+        return self
+
+    @property
+    def stats(self) -> CacheStats:
+        """The cache's hits, misses and hit rate."""
+        return self.cache.stats
+
+    @property
+    def model(self) -> str | None:
+        """The inner scorer's model (what the adapters name in events and messages)."""
+        model = getattr(self.scorer, "model", None)
+        return model if isinstance(model, str) else None
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The identity scores are keyed by: ``identity`` if given, else the inner scorer's."""
+        if self.identity is not None:
+            return {"scorer": _qualified_name(self.scorer), "identity": self.identity}
+        return dict(self.scorer.cache_identity())
+
+    async def acache_identity(self) -> dict[str, Any]:
+        """Async twin of :meth:`cache_identity` (a remote scorer may ask its server)."""
+        if self.identity is None:
+            inner = getattr(self.scorer, "acache_identity", None)
+            if callable(inner):
+                return dict(await inner())
+            return await asyncio.to_thread(self.cache_identity)  # may read model files
+        return self.cache_identity()
+
+    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
+        """P("yes") for each document, in input order: cached ones from the cache, the rest from the scorer.
+
+        Raises:
+            TypeError, ValueError: bad arguments (before any lookup); whatever the inner scorer raises.
+        """
+        docs = validate_inputs(query, documents, instruction)
+        return cached_scores(
+            self.cache,
+            self.cache_identity,
+            query,
+            docs,
+            self._key_instruction(instruction),
+            lambda missing: self.scorer.score(query, missing, instruction=instruction),
+            scorer=self.scorer,
+        )
+
+    async def ascore(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Async twin of :meth:`score`: the inner ``ascore``, store I/O off the event loop."""
+        docs = validate_inputs(query, documents, instruction)
+        return await acached_scores(
+            self.cache,
+            self.acache_identity,
+            query,
+            docs,
+            self._key_instruction(instruction),
+            lambda missing: self.scorer.ascore(query, missing, instruction=instruction),
+            scorer=self.scorer,
+        )
+
+    def _key_instruction(self, instruction: str | None) -> str | None:
+        return key_instruction(self.scorer, instruction)
+
+
+def key_instruction(scorer: object, instruction: str | None) -> str | None:
+    """The instruction ``scorer`` will use: the call's, else its ``instruction`` field, else the model card's.
+    A scorer without an ``instruction`` field keeps None (its own default is part of its identity)."""
+    if instruction is not None or not hasattr(scorer, "instruction"):
+        return instruction
+    return getattr(scorer, "instruction") or DEFAULT_INSTRUCTION
+
+
+def _qualified_name(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,572 @@
+"""The score cache: only missing pairs are scored, scores come back exact and in order, and no key part can be
+changed without a miss (a cached score is never returned for another configuration)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+import qwen3_rerank_integrations
+from qwen3_rerank_integrations import DEFAULT_INSTRUCTION, LocalScorer, VLLMScorer
+from qwen3_rerank_integrations.cache import (
+    ByteStoreScoreCache,
+    CachedScorer,
+    DiskScoreCache,
+    InMemoryScoreCache,
+    cached_scores,
+    folder_fingerprint,
+    model_revision,
+    public_url,
+    score_keys,
+)
+from qwen3_rerank_integrations.errors import ModelLoadError, RerankError
+
+QUERY = "What is the capital of China?"
+
+
+class CountingScorer:
+    """A deterministic fake: records every inner call; the score depends on query, document and instruction."""
+
+    def __init__(self, identity: dict[str, Any] | None = None, instruction: str | None = None) -> None:
+        self.instruction = instruction
+        self.identity = identity if identity is not None else {"backend": "fake", "model": "m1"}
+        self.calls: list[list[str]] = []
+        self.acalls: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def value(query: str, doc: str, instruction: str | None) -> float:
+        return (hash((query, doc, instruction)) % 10_007) / 10_007
+
+    def score(self, query: str, documents: list[str], *, instruction: str | None = None) -> list[float]:
+        with self.lock:
+            self.calls.append(list(documents))
+        used = instruction or self.instruction or DEFAULT_INSTRUCTION
+        return [self.value(query, doc, used) for doc in documents]
+
+    async def ascore(self, query: str, documents: list[str], *, instruction: str | None = None) -> list[float]:
+        self.acalls.append(list(documents))
+        used = instruction or self.instruction or DEFAULT_INSTRUCTION
+        return [self.value(query, doc, used) for doc in documents]
+
+    def cache_identity(self) -> dict[str, Any]:
+        return dict(self.identity)
+
+
+# ------------------------------------------------------------------------------------------ hits and misses
+def test_partial_hits_score_only_the_missing_documents_in_one_call():
+    inner = CountingScorer()
+    scorer = CachedScorer(scorer=inner)
+    first = scorer.score(QUERY, ["a", "b", "c"])
+    assert inner.calls == [["a", "b", "c"]]
+    assert scorer.stats.model_dump() == {"hits": 0, "misses": 3, "hit_rate": 0.0}
+
+    second = scorer.score(QUERY, ["c", "d", "a", "e"])
+    assert inner.calls[1] == ["d", "e"]  # one inner call, only the missing ones, in input order
+    assert second == [first[2], inner.value(QUERY, "d", DEFAULT_INSTRUCTION), first[0],
+                      inner.value(QUERY, "e", DEFAULT_INSTRUCTION)]
+    assert (scorer.stats.hits, scorer.stats.misses) == (2, 5)
+
+    assert scorer.score(QUERY, ["e", "b"]) == [second[3], first[1]]
+    assert len(inner.calls) == 2  # all hits: no inner call at all
+    assert scorer.stats.hit_rate == pytest.approx(4 / 9)
+
+
+def test_duplicates_within_a_call_are_scored_once_and_every_position_answered():
+    inner = CountingScorer()
+    scorer = CachedScorer(scorer=inner)
+    docs = ["x", "y", "x", "", "y", "x", ""]
+    scores = scorer.score(QUERY, docs)
+    assert inner.calls == [["x", "y", ""]]
+    assert scores == [inner.value(QUERY, d, DEFAULT_INSTRUCTION) for d in docs]
+    assert scorer.score(QUERY, []) == [] and len(inner.calls) == 1
+
+
+def test_bad_input_is_refused_before_any_lookup():
+    inner = CountingScorer()
+    scorer = CachedScorer(scorer=inner)
+    with pytest.raises(TypeError, match="documents"):
+        scorer.score(QUERY, "one string")
+    with pytest.raises(ValueError, match="query"):
+        scorer.score(" ", ["a"])
+    assert scorer.stats.hits + scorer.stats.misses == 0 and inner.calls == []
+
+
+def test_scorer_without_cache_identity_needs_an_explicit_identity():
+    class Bare:
+        def score(self, query, documents, *, instruction=None):
+            return [0.5] * len(documents)
+
+        async def ascore(self, query, documents, *, instruction=None):
+            return [0.5] * len(documents)
+
+    with pytest.raises(TypeError, match="identity="):
+        CachedScorer(scorer=Bare())
+    with pytest.raises(TypeError, match="Scorer protocol"):
+        CachedScorer(scorer=object(), identity={"m": 1})
+    with pytest.raises(TypeError, match="is a object"):
+        CachedScorer(scorer=Bare(), identity={"weights": object()})  # not something a key can encode
+    cached = CachedScorer(scorer=Bare(), identity={"model": "bare", "version": 2})
+    assert cached.score(QUERY, ["a"]) == [0.5]
+    assert cached.cache_identity()["identity"] == {"model": "bare", "version": 2}
+
+
+# ------------------------------------------------------------------------------------------ key parts
+def _assert_all_miss(cache, identity, instruction, query, documents):
+    assert cache.get_many(score_keys(identity, instruction, query, documents)) == [None] * len(documents)
+
+
+def test_every_call_key_part_changed_misses():
+    inner = CountingScorer()
+    cache = InMemoryScoreCache()
+    scorer = CachedScorer(scorer=inner, cache=cache)
+    scorer.score(QUERY, ["doc"], instruction="Find answers")
+    identity = inner.cache_identity()
+    assert cache.get_many(score_keys(identity, "Find answers", QUERY, ["doc"]))[0] is not None
+    _assert_all_miss(cache, identity, "Find answers!", QUERY, ["doc"])  # instruction
+    _assert_all_miss(cache, identity, "Find answers", QUERY + "?", ["doc"])  # query
+    _assert_all_miss(cache, identity, "Find answers", QUERY, ["doc "])  # document
+    _assert_all_miss(cache, {**identity, "model": "m2"}, "Find answers", QUERY, ["doc"])  # identity
+    # No boundary ambiguity: the same characters split differently between query and document.
+    scorer.score("ab", ["c"])
+    _assert_all_miss(cache, identity, DEFAULT_INSTRUCTION, "a", ["bc"])
+
+    calls = len(inner.calls)
+    scorer.score(QUERY, ["doc"], instruction="Find answers!")
+    scorer.score(QUERY, ["doc"])  # the default instruction is a different instruction
+    inner.identity = {**identity, "model": "m2"}
+    scorer.score(QUERY, ["doc"], instruction="Find answers")
+    assert len(inner.calls) == calls + 3
+
+
+def test_default_instruction_is_keyed_as_the_instruction_actually_used():
+    inner = CountingScorer()
+    scorer = CachedScorer(scorer=inner)
+    scorer.score(QUERY, ["doc"])
+    scorer.score(QUERY, ["doc"], instruction=DEFAULT_INSTRUCTION)  # the same instruction: a hit
+    assert len(inner.calls) == 1
+    inner.instruction = "Given a legal question, retrieve statutes"  # the scorer's default changes
+    assert scorer.score(QUERY, ["doc"]) == [inner.value(QUERY, "doc", inner.instruction)]
+    assert len(inner.calls) == 2
+
+
+def test_key_format_and_package_version_are_in_the_key(monkeypatch):
+    before = score_keys({"m": 1}, None, QUERY, ["doc"])
+    monkeypatch.setattr(qwen3_rerank_integrations, "__version__", "99.0.0")
+    assert score_keys({"m": 1}, None, QUERY, ["doc"]) != before
+    assert before[0].startswith("qwen3-rerank-score-v1-")
+
+
+def test_local_scorer_identity_parts(tiny_model_dir, tmp_path):
+    base = LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32")
+    identity = base.cache_identity()
+    assert identity["model"] == os.path.abspath(tiny_model_dir)
+    assert identity["revision"] == "sha256:" + folder_fingerprint(tiny_model_dir)
+    assert (identity["dtype"], identity["device"], identity["max_length"]) == ("float32", "cpu", 8192)
+    assert base.cache_identity() == identity  # stable
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    variants = {
+        "model path": LocalScorer(str(copy), device="cpu", dtype="float32"),
+        "dtype": LocalScorer(str(tiny_model_dir), device="cpu", dtype="bfloat16"),
+        "max_length": LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32", max_length=512),
+    }
+    cache = InMemoryScoreCache()
+    cache.set_many(dict.fromkeys(score_keys(identity, DEFAULT_INSTRUCTION, QUERY, ["doc"]), 0.5))
+    for name, scorer in variants.items():
+        other = scorer.cache_identity()
+        assert other != identity, name
+        _assert_all_miss(cache, other, DEFAULT_INSTRUCTION, QUERY, ["doc"])
+    # Same content, other path: the revision (content fingerprint) is equal, the key is not.
+    assert variants["model path"].cache_identity()["revision"] == identity["revision"]
+
+
+def test_folder_fingerprint_changes_with_config_weights_and_tokenizer(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    seen = {folder_fingerprint(folder)}
+
+    config = json.loads((folder / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-5
+    (folder / "config.json").write_text(json.dumps(config))
+    seen.add(folder_fingerprint(folder))
+
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: t + 1e-3 * torch.randn_like(t) for name, t in tensors.items()}, weights,
+              metadata={"format": "pt"})  # retrained: same names, shapes and sizes
+    seen.add(folder_fingerprint(folder))
+
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["model_max_length"] = 1234
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    seen.add(folder_fingerprint(folder))
+    assert len(seen) == 4
+
+    (folder / "README.md").write_text("notes")  # not part of what scores
+    assert folder_fingerprint(folder) in seen
+
+
+def test_hub_revision_is_the_cached_snapshot_commit(tmp_path):
+    repo = tmp_path / "models--acme--reranker"
+    commit_a, commit_b = "a" * 40, "b" * 40
+    for commit in (commit_a, commit_b):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit_a)
+
+    scorer = LocalScorer("acme/reranker", cache_dir=str(tmp_path), device="cpu", dtype="float32")
+    first = scorer.cache_identity()
+    assert (first["model"], first["revision"]) == ("acme/reranker", commit_a)
+    (repo / "refs" / "main").write_text(commit_b)  # a newer download moved main
+    assert scorer.cache_identity()["revision"] == commit_b
+    assert model_revision("acme/reranker", commit_a, str(tmp_path)) == commit_a
+    assert model_revision("acme/missing", None, str(tmp_path)) is None  # not downloaded, not loaded
+    with pytest.raises(RerankError, match="revision"):
+        model_revision("acme/missing", None, str(tmp_path), required=True)  # loaded, yet unknown: refuse
+
+
+def test_vllm_scorer_identity_parts_and_no_secrets():
+    base = VLLMScorer("http://user:hunter2@host:8000/v1", api_key="sk-secret", max_length=512,
+                      model="qwen3-reranker")
+    identity = base.cache_identity()  # max_length given: no request needed
+    assert identity == {"backend": "vllm", "base_url": "http://host:8000", "model": "qwen3-reranker",
+                        "template": "client", "route": "rerank", "max_length": 512, "context": 512}
+    assert not any(secret in json.dumps(identity) for secret in ("hunter2", "sk-secret", "user"))
+    settings = {"base_url": "http://host:8000", "api_key": "sk-secret", "max_length": 512, "model": "qwen3-reranker"}
+    variants = {
+        "base_url": {"base_url": "http://host:8001"},
+        "model": {"model": "other"},
+        "template": {"template": "server"},
+        "route": {"route": "score"},
+        "max_length": {"max_length": 1024},
+    }
+    for name, change in variants.items():
+        options = {**settings, **change}
+        other = VLLMScorer(options.pop("base_url"), **options).cache_identity()
+        assert other != identity and other[name] != identity[name], name
+
+
+def test_public_url_drops_credentials_query_and_fragment():
+    assert public_url("https://me:pw@host:8443/prefix?key=k#f") == "https://host:8443/prefix"
+    assert public_url("http://[::1]:8000") == "http://[::1]:8000"
+
+
+def test_vllm_server_context_is_part_of_the_identity(vllm_legacy_server):
+    first = VLLMScorer(vllm_legacy_server.base_url).cache_identity()
+    assert first["context"] == vllm_legacy_server.max_model_len and first["max_length"] is None
+    original = vllm_legacy_server.max_model_len
+    try:
+        vllm_legacy_server.max_model_len = 2048  # the server restarted with a shorter context
+        second = VLLMScorer(vllm_legacy_server.base_url).cache_identity()
+    finally:
+        vllm_legacy_server.max_model_len = original
+    assert second["context"] == 2048 and second["base_url"] == first["base_url"]
+    assert score_keys(first, None, QUERY, ["d"]) != score_keys(second, None, QUERY, ["d"])
+
+
+async def test_vllm_scorer_cached_sync_and_async_equal_uncached(vllm_legacy_server, documents):
+    async with VLLMScorer(vllm_legacy_server.base_url) as inner:
+        assert await inner.acache_identity() == inner.cache_identity()
+        cached = CachedScorer(scorer=inner)
+        unique = list(dict.fromkeys(documents))  # the same inner call, so bit for bit the same scores
+        expected = inner.score(QUERY, unique)
+        assert await cached.ascore(QUERY, unique) == expected
+        requests = len(vllm_legacy_server.scoring_requests())
+        assert cached.score(QUERY, unique) == expected  # all from the cache
+        assert len(vllm_legacy_server.scoring_requests()) == requests
+
+
+# ------------------------------------------------------------------------------------------ real local model
+def test_local_scorer_cached_equals_uncached_and_scores_only_missing(local_scorer, reference_scorer, documents,
+                                                                     monkeypatch):
+    unique = list(dict.fromkeys(documents))
+    uncached = local_scorer.score(QUERY, unique)
+    by_text = dict(zip(unique, uncached))
+    prompts: list[int] = []
+    original = LocalScorer._score_ids
+
+    def spy(self, ids):
+        prompts.append(len(ids))
+        return original(self, ids)
+
+    monkeypatch.setattr(LocalScorer, "_score_ids", spy)
+    cached = CachedScorer(scorer=local_scorer)
+    assert cached.score(QUERY, unique) == uncached  # the same inner call: bit for bit
+    assert prompts == [len(unique)]
+    assert cached.score(QUERY, documents) == [by_text[d] for d in documents]  # all hits, the duplicate too
+    assert prompts == [len(unique)]
+
+    extra = ["Shanghai is the largest city in China.", documents[0]]
+    mixed = cached.score(QUERY, extra + documents[:3])
+    assert prompts[1:] == [1]  # only the new document reached the model
+    assert mixed[1:] == [by_text[d] for d in (documents[0], *documents[:3])]
+    assert mixed[0] == pytest.approx(reference_scorer.score(QUERY, extra)[0], abs=1e-5)
+    assert mixed[0] == pytest.approx(local_scorer.score(QUERY, extra)[0], abs=1e-6)
+
+
+def test_a_changed_model_folder_misses_and_a_loaded_model_keeps_its_revision(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    cache = InMemoryScoreCache()
+    old = LocalScorer(str(folder), device="cpu", dtype="float32").load()
+    cached_old = CachedScorer(scorer=old, cache=cache)
+    docs = ["Beijing is the capital of China.", "Gravity pulls."]
+    old_scores = cached_old.score(QUERY, docs)
+    old_identity = old.cache_identity()
+
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    weights.unlink()  # a new file: the loaded model may still map the old one
+    torch.manual_seed(1)
+    save_file({name: torch.randn_like(t) * 0.1 for name, t in tensors.items()}, weights, metadata={"format": "pt"})
+
+    new = LocalScorer(str(folder), device="cpu", dtype="float32")
+    new_scores = CachedScorer(scorer=new, cache=cache).score(QUERY, docs)
+    assert new.cache_identity()["revision"] != old_identity["revision"]
+    assert new_scores == new.score(QUERY, docs) and new_scores != old_scores  # computed, not the old weights'
+    # The scorer that still holds the old weights keeps their revision: it still hits its own scores.
+    assert old.cache_identity() == old_identity
+    hits = cache.stats.hits
+    assert cached_old.score(QUERY, docs) == old_scores and cache.stats.hits == hits + 2
+
+
+# ------------------------------------------------------------------------------------------ identity moving
+def test_identity_that_changes_while_computing_never_returns_stale_scores():
+    class Reloading(CountingScorer):
+        """Its first compute 'loads' a newer revision than the one the cache was filled under."""
+
+        def score(self, query, documents, *, instruction=None):
+            self.identity = {"backend": "fake", "model": "m1", "revision": "new"}
+            return [s / 2 + 0.5 for s in super().score(query, documents, instruction=instruction)]
+
+    inner = Reloading(identity={"backend": "fake", "model": "m1", "revision": "old"})
+    cache = InMemoryScoreCache()
+    stale = dict.fromkeys(score_keys(inner.cache_identity(), DEFAULT_INSTRUCTION, QUERY, ["a"]), 0.0)
+    cache.set_many(stale)  # "a" was scored under the old revision
+    scores = CachedScorer(scorer=inner, cache=cache).score(QUERY, ["a", "b"])
+    assert inner.calls == [["b"], ["a"]]  # the stale "a" was looked up again under the new revision
+    assert scores == [inner.value(QUERY, d, DEFAULT_INSTRUCTION) / 2 + 0.5 for d in ("a", "b")]
+
+
+def test_identity_that_never_settles_is_an_error():
+    class Restless(CountingScorer):
+        """Its identity flips on every look: no round of lookups and scores ever belongs to one configuration."""
+
+        ticks = itertools.count()
+
+        def cache_identity(self):
+            return {"rev": next(self.ticks) % 2}
+
+    cache = InMemoryScoreCache()
+    cache.set_many(dict.fromkeys(score_keys({"rev": 0}, DEFAULT_INSTRUCTION, QUERY, ["a"]), 0.5))
+    with pytest.raises(RerankError, match="changed every time"):
+        CachedScorer(scorer=Restless(), cache=cache).score(QUERY, ["a", "b", "c"])
+
+
+# ------------------------------------------------------------------------------------------ stores
+def test_in_memory_lru_evicts_the_least_recently_used():
+    cache = InMemoryScoreCache(max_entries=3)
+    cache.set_many({"a": 0.1, "b": 0.2, "c": 0.3})
+    assert cache.get_many(["a"]) == [0.1]  # "a" is now the most recently used
+    cache.set_many({"d": 0.4})
+    assert len(cache) == 3
+    assert cache.get_many(["a", "b", "c", "d"]) == [0.1, None, 0.3, 0.4]
+    assert (cache.stats.hits, cache.stats.misses) == (4, 1)
+    cache.clear()
+    assert len(cache) == 0 and cache.stats.hits == 0
+
+
+def test_disk_cache_persists_across_instances_exactly(tmp_path):
+    inner = CountingScorer()
+    docs = ["a", "b", "c"]
+    with DiskScoreCache(tmp_path / "scores") as cache:
+        first = CachedScorer(scorer=inner, cache=cache).score(QUERY, docs)
+    second_cache = DiskScoreCache(directory=str(tmp_path / "scores"))
+    second = CachedScorer(scorer=CountingScorer(), cache=second_cache)
+    assert second.score(QUERY, docs) == first  # exact doubles
+    assert second.scorer.calls == [] and second.stats.hits == 3
+    second_cache.clear()
+    assert len(second_cache) == 0
+    second_cache.close()
+
+
+_unpickled: list[str] = []
+
+
+def _record_unpickle() -> str:
+    _unpickled.append("ran")
+    return "payload"
+
+
+class _Payload:
+    def __reduce__(self):
+        return (_record_unpickle, ())
+
+
+def test_disk_cache_never_unpickles_what_it_finds(tmp_path):
+    import diskcache
+
+    key = score_keys({"m": 1}, None, QUERY, ["doc"])[0]
+    with diskcache.Cache(str(tmp_path)) as foreign:
+        foreign.set(key, _Payload())  # a pickled entry planted in the folder
+        foreign.set("bytes", b"\x00" * 8)
+    with DiskScoreCache(tmp_path) as cache:
+        assert cache.get_many([key, "bytes"]) == [None, None]
+    assert _unpickled == []
+
+
+def test_byte_store_cache_stores_exact_doubles_and_clears_only_its_keys():
+    from langchain_core.stores import InMemoryByteStore
+
+    store = InMemoryByteStore()
+    store.mset([("unrelated", b"keep me")])
+    cache = ByteStoreScoreCache(store=store)
+    inner = CountingScorer()
+    scorer = CachedScorer(scorer=inner, cache=cache)
+    first = scorer.score(QUERY, ["a", "b"])
+    assert scorer.score(QUERY, ["b", "a"]) == first[::-1] and len(inner.calls) == 1
+    ours = list(store.yield_keys(prefix="qwen3-rerank-score-v1-"))
+    assert len(ours) == 2 and all(len(v) == 8 for v in store.mget(ours))
+    store.mset([(ours[0], b"not a double")])  # a damaged entry is a miss, never a score
+    assert cache.get_many(ours).count(None) == 1
+    cache.clear()
+    assert list(store.yield_keys()) == ["unrelated"]
+    with pytest.raises(TypeError, match="ByteStore"):
+        ByteStoreScoreCache(store={})
+
+
+# ------------------------------------------------------------------------------------------ async
+async def test_async_uses_inner_ascore_and_agrees_with_sync(tmp_path):
+    from langchain_core.stores import InMemoryByteStore
+
+    for cache in (InMemoryScoreCache(), DiskScoreCache(tmp_path / "d"), ByteStoreScoreCache(store=InMemoryByteStore())):
+        inner = CountingScorer()
+        scorer = CachedScorer(scorer=inner, cache=cache)
+        first = await scorer.ascore(QUERY, ["a", "b", "a"])
+        assert inner.acalls == [["a", "b"]] and inner.calls == []
+        assert await scorer.ascore(QUERY, ["b", "c"]) == [first[1], inner.value(QUERY, "c", DEFAULT_INSTRUCTION)]
+        assert inner.acalls[1] == ["c"]
+        assert scorer.score(QUERY, ["a", "b", "c"]) == await scorer.ascore(QUERY, ["a", "b", "c"])
+        assert inner.calls == []
+
+
+async def test_async_disk_io_runs_off_the_event_loop(tmp_path, monkeypatch):
+    threads: list[str] = []
+    original = DiskScoreCache._get_many
+
+    def spy(self, keys):
+        threads.append(threading.current_thread().name)
+        return original(self, keys)
+
+    monkeypatch.setattr(DiskScoreCache, "_get_many", spy)
+    with DiskScoreCache(tmp_path) as cache:
+        await CachedScorer(scorer=CountingScorer(), cache=cache).ascore(QUERY, ["a"])
+    assert threads and threading.main_thread().name not in threads
+
+
+async def test_concurrent_async_calls_agree():
+    inner = CountingScorer()
+    scorer = CachedScorer(scorer=inner)
+    docs = [[f"d{(i * 7 + j) % 15}" for j in range(6)] for i in range(30)]
+    results = await asyncio.gather(*(scorer.ascore(QUERY, d) for d in docs))
+    for d, r in zip(docs, results):
+        assert r == [inner.value(QUERY, x, DEFAULT_INSTRUCTION) for x in d]
+
+
+# ------------------------------------------------------------------------------------------ threads
+def test_thread_safe_under_concurrent_calls_with_eviction():
+    inner = CountingScorer()
+    cache = InMemoryScoreCache(max_entries=20)  # small: evictions race with lookups
+    scorer = CachedScorer(scorer=inner, cache=cache)
+    calls = [[f"doc {(i * 13 + j) % 60}" for j in range(10)] for i in range(400)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda docs: scorer.score(QUERY, docs), calls))
+    for docs, scores in zip(calls, results):
+        assert scores == [inner.value(QUERY, d, DEFAULT_INSTRUCTION) for d in docs]
+    assert cache.stats.hits + cache.stats.misses == sum(len(set(d)) for d in calls)
+    assert cache.stats.hits > 0 and len(cache) <= 20
+    assert sum(len(c) for c in inner.calls) == cache.stats.misses
+
+
+# ------------------------------------------------------------------------------------------ failures
+def test_inner_errors_propagate_unchanged_and_nothing_is_stored():
+    class Failing(CountingScorer):
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
+        def score(self, query, documents, *, instruction=None):
+            if "poison" in documents:
+                raise self.error
+            return super().score(query, documents, instruction=instruction)
+
+    error = ModelLoadError("weights missing")
+    inner = Failing(error)
+    cache = InMemoryScoreCache()
+    scorer = CachedScorer(scorer=inner, cache=cache)
+    scorer.score(QUERY, ["ok"])
+    with pytest.raises(ModelLoadError) as caught:
+        scorer.score(QUERY, ["fine", "poison"])
+    assert caught.value is error
+    assert len(cache) == 1  # "fine" was not stored: the call failed as a whole
+    assert scorer.score(QUERY, ["fine"]) and inner.calls[-1] == ["fine"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [([0.5], "1 scores for 2 documents"), ([0.5, float("nan")], "not a finite number"), ([0.5, 3.0], r"outside \[0, 1\]")],
+)
+def test_a_wrong_inner_answer_is_an_error_and_is_not_stored(answer, match):
+    class Wrong(CountingScorer):
+        def score(self, query, documents, *, instruction=None):
+            return list(answer)
+
+    cache = InMemoryScoreCache()
+    with pytest.raises(RerankError, match=match):
+        CachedScorer(scorer=Wrong(), cache=cache).score(QUERY, ["a", "b"])
+    assert len(cache) == 0
+
+
+# ------------------------------------------------------------------------------------------ plain function, adapters
+def test_cached_scores_takes_a_fixed_identity_and_a_compute_function():
+    computed: list[list[str]] = []
+
+    def compute(docs):
+        computed.append(docs)
+        return [0.25] * len(docs)
+
+    cache = InMemoryScoreCache()
+    assert cached_scores(cache, {"m": "x"}, QUERY, ["a", "b"], None, compute) == [0.25, 0.25]
+    assert cached_scores(cache, {"m": "x"}, QUERY, ["b", "c"], None, compute) == [0.25, 0.25]
+    assert computed == [["a", "b"], ["c"]]
+
+
+def test_langchain_compressor_accepts_a_cached_scorer():
+    from langchain_core.documents import Document
+
+    from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
+
+    inner = CountingScorer()
+    compressor = Qwen3RerankCompressor(scorer=CachedScorer(scorer=inner), top_n=2)
+    docs = [Document(page_content=t) for t in ("a", "b", "c")]
+    first = compressor.compress_documents(docs, QUERY)
+    assert compressor.compress_documents(docs, QUERY) == first
+    assert inner.calls == [["a", "b", "c"]]
