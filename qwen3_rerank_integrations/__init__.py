@@ -1,9 +1,10 @@
 """Qwen3-Reranker for LangChain and LlamaIndex: exact official scores, locally or from a vLLM server.
 
-Backends (both implement :class:`Scorer`):
+Backends (each implements :class:`Scorer`):
 
 - :class:`LocalScorer` runs the model in-process with transformers (Ascend NPU, CUDA, MPS or CPU);
-- :class:`VLLMScorer` calls a vLLM server's ``/v1/rerank``.
+- :class:`VLLMScorer` calls a vLLM server's ``/v1/rerank``;
+- :class:`VLLMEngineScorer` runs vLLM's engine in-process.
 
 Adapters live in :mod:`qwen3_rerank_integrations.langchain` and :mod:`qwen3_rerank_integrations.llama_index`.
 Backends are imported lazily, so ``import qwen3_rerank_integrations`` pulls in neither torch nor httpx.
@@ -34,6 +35,7 @@ from .scorer import Scorer
 
 if TYPE_CHECKING:
     from .cache import ByteStoreScoreCache, CachedScorer, CacheStats, DiskScoreCache, InMemoryScoreCache, ScoreCache
+    from .engine import VLLMEngineScorer
     from .local import LocalScorer
     from .vllm import ServerCheck, VLLMScorer
 
@@ -43,6 +45,7 @@ __all__ = [
     "LocalScorer",
     "VLLMScorer",
     "ServerCheck",
+    "VLLMEngineScorer",
     "Scorer",
     "CachedScorer",
     "ScoreCache",
@@ -67,7 +70,8 @@ __all__ = [
 ]
 
 _CACHE_NAMES = ["CachedScorer", "ScoreCache", "InMemoryScoreCache", "DiskScoreCache", "ByteStoreScoreCache", "CacheStats"]
-_LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm", "ServerCheck": ".vllm", **dict.fromkeys(_CACHE_NAMES, ".cache")}
+_LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm", "ServerCheck": ".vllm", "VLLMEngineScorer": ".engine",
+         **dict.fromkeys(_CACHE_NAMES, ".cache")}
 
 
 def __getattr__(name: str) -> Any:
