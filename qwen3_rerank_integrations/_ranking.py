@@ -50,7 +50,8 @@ def scorer_name(scorer: object) -> str:
 
 
 def _checked_scores(scorer: object, scores: object, count: int) -> list[float]:
-    """The scorer's answer as floats, or a RerankError: a lost or non-finite score would silently mis-rank."""
+    """The scorer's answer as floats, or a RerankError: a lost, non-finite or out-of-range score would silently
+    mis-rank (and break ``score_threshold``, which is a probability)."""
     name = scorer_name(scorer)
     if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)):
         raise RerankError(f"scorer {name} returned {type(scores).__name__}, not a list of scores")
@@ -60,6 +61,11 @@ def _checked_scores(scorer: object, scores: object, count: int) -> list[float]:
     for i, value in enumerate(scores):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise RerankError(f"scorer {name} returned {value!r} for documents[{i}], not a finite number")
+        if not 0.0 <= value <= 1.0:
+            raise RerankError(
+                f"scorer {name} returned {value!r} for documents[{i}], outside [0, 1]: a scorer must return "
+                'P("yes") probabilities, not logits or distances'
+            )
         checked.append(float(value))
     return checked
 

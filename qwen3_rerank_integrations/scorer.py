@@ -7,10 +7,15 @@ protocol only, so any backend (local model, vLLM server, a test double) plugs in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Scorer", "validate_inputs"]
+
+# A lone UTF-16 surrogate (left by a bad decode: errors="surrogateescape", a JSON "\ud800") is not text: no
+# tokenizer, UTF-8 encoder or JSON body can carry it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @runtime_checkable
@@ -34,7 +39,8 @@ def validate_inputs(query: object, documents: object, instruction: object = None
     Raises:
         TypeError: ``query`` or ``instruction`` is not a string; ``documents`` is a bare string, not a
             sequence, or holds a non-string (the message names its index).
-        ValueError: ``query`` or ``instruction`` is empty or whitespace. Empty documents are valid and scored.
+        ValueError: ``query`` or ``instruction`` is empty or whitespace, or a text holds a lone surrogate
+            (not valid Unicode; the message names it and the position). Empty documents are valid and scored.
     """
     if not isinstance(query, str):
         raise TypeError(f"query must be a str, got {type(query).__name__}")
@@ -45,6 +51,8 @@ def validate_inputs(query: object, documents: object, instruction: object = None
             raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
         if not instruction.strip():
             raise ValueError("instruction must not be empty or whitespace; pass None for the default")
+        _check_unicode("instruction", instruction)
+    _check_unicode("query", query)
     if isinstance(documents, (str, bytes)):
         raise TypeError(
             "documents must be a sequence of str, got a single "
@@ -55,4 +63,14 @@ def validate_inputs(query: object, documents: object, instruction: object = None
     for i, doc in enumerate(documents):
         if not isinstance(doc, str):
             raise TypeError(f"documents[{i}] must be a str, got {type(doc).__name__}")
+        _check_unicode(f"documents[{i}]", doc)
     return list(documents)
+
+
+def _check_unicode(name: str, text: str) -> None:
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise ValueError(
+            f"{name} is not valid Unicode text: a lone surrogate U+{ord(found.group()):04X} at position "
+            f"{found.start()} (a broken decode); decode its source as UTF-8 with errors='replace', or remove it"
+        )

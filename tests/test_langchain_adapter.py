@@ -210,6 +210,11 @@ def test_bad_fields_name_the_field(kwargs, field):
         (ScriptedScorer([0.9]), RerankError, "1 scores for 2 documents"),
         (ScriptedScorer([0.9, float("nan")]), RerankError, r"documents\[1\]"),
         (ScriptedScorer([0.9, "0.1"]), RerankError, r"documents\[1\]"),
+        # A probability, not a logit or a distance: anything else mis-ranks and breaks score_threshold.
+        (ScriptedScorer([0.9, 1.7]), RerankError, r"scorer scripted returned 1.7 for documents\[1\], outside \[0, 1\]"),
+        (ScriptedScorer([-0.25, 0.1]), RerankError, r"scorer scripted returned -0.25 for documents\[0\], outside"),
+        (ScriptedScorer([0.5, float("inf")]), RerankError, r"returned inf for documents\[1\]"),
+        (ScriptedScorer([0.1, 0.2, 0.3]), RerankError, "scripted returned 3 scores for 2 documents"),
     ],
 )
 async def test_scorer_faults_surface_as_rerank_error(scorer, expected, message):

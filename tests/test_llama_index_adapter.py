@@ -275,6 +275,17 @@ async def test_scorer_faults_surface_as_rerank_error(retrieved, error, expected)
     assert len(debug.get_event_pairs(CBEventType.RERANKING)) == 2
 
 
+@pytest.mark.parametrize(
+    ("scores", "message"), [([1.5] * RETRIEVE_K, "1.5 for documents"), ([float("nan")] * RETRIEVE_K, "nan")]
+)
+async def test_scores_that_are_not_probabilities_are_refused(retrieved, scores, message):
+    reranker = Qwen3RerankPostprocessor(scorer=ScriptedScorer(scores))
+    with pytest.raises(RerankError, match=f"scorer scripted returned {message}"):
+        reranker.postprocess_nodes(retrieved, query_str=QUERY)
+    with pytest.raises(RerankError, match=f"scorer scripted returned {message}"):
+        await reranker.apostprocess_nodes(retrieved, query_str=QUERY)
+
+
 # ------------------------------------------------------------------------------------------- construction
 def test_from_model_splits_arguments_and_loads_lazily(tiny_model_dir):
     # Scoring through from_model() is covered on the shared base in test_langchain_adapter.py; here the
