@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from .devices import DTypeName, resolve_device, resolve_dtype
 from .errors import ModelLoadError, RerankError
@@ -41,6 +41,9 @@ DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 _DEFAULT_BATCH_TOKENS = {"cpu": 8192, "mps": 8192}
 _ACCELERATOR_BATCH_TOKENS = 16384
 _QWEN3_ARCHITECTURES = {"Qwen3ForCausalLM"}
+# A folder holds a usable tokenizer when it has the fast tokenizer's file or the slow one's pair.
+_TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+_PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 class LocalScorer(BaseModel):
@@ -59,7 +62,8 @@ class LocalScorer(BaseModel):
 
     model: str = Field(
         DEFAULT_MODEL,
-        description="A local folder, a Hugging Face id (Qwen/Qwen3-Reranker-0.6B, -4B, -8B) or a ModelScope id.",
+        description="A local folder (a str or os.PathLike such as pathlib.Path), a Hugging Face id "
+        "(Qwen/Qwen3-Reranker-0.6B, -4B, -8B) or a ModelScope id.",
     )
     source: Literal["huggingface", "modelscope"] = Field(
         "huggingface",
@@ -76,7 +80,11 @@ class LocalScorer(BaseModel):
         "auto", description="'auto' (bf16 on NPU/CUDA, fp16 where bf16 is unsupported and on MPS, fp32 on CPU)."
     )
     max_length: int = Field(
-        8192, gt=0, description="Most tokens per prompt; longer documents lose their tail (prefix/suffix kept)."
+        8192,
+        gt=0,
+        description="Most tokens per prompt; longer documents lose their tail (prefix/suffix kept). A value above "
+        "the model's context (config max_position_embeddings) raises ValueError at load; the default is lowered "
+        "to the context of a model with less than 8192.",
     )
     instruction: str | None = Field(
         None, description="Default task instruction; None means the model card's web-search instruction."
@@ -88,18 +96,25 @@ class LocalScorer(BaseModel):
     show_progress_bar: bool = Field(False, description="Show a tqdm progress bar over batches.")
 
     _encoder: PromptEncoder | None = PrivateAttr(None)
+    _config: Any = PrivateAttr(None)
     _model: Any = PrivateAttr(None)
     _head: Any = PrivateAttr(None)  # W[yes] - W[no], fp32, on the model's device
     _torch_device: Any = PrivateAttr(None)
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
 
-    def __init__(self, model: str | None = None, /, **data: Any) -> None:
+    def __init__(self, model: str | os.PathLike[str] | None = None, /, **data: Any) -> None:
         # Lets `model` be positional, as in CrossEncoder("..."), on top of pydantic's keyword-only init.
         if model is not None:
             if "model" in data:
                 raise TypeError("LocalScorer() got the model both positionally and as model=")
             data["model"] = model
         super().__init__(**data)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path_to_str(cls, value: Any) -> Any:
+        # A pathlib.Path is a folder; kept as a str so repr, dumps and cache keys stay plain.
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     # ----------------------------------------------------------------------------------------- scoring
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
@@ -162,6 +177,11 @@ class LocalScorer(BaseModel):
                     "holds the checkpoint (config.json, *.safetensors, tokenizer files)."
                 )
             return expanded
+        if os.path.exists(expanded):
+            raise ModelLoadError(
+                f"model={self.model!r} is a file, not a folder; pass the folder that holds the checkpoint "
+                f"(config.json, *.safetensors, tokenizer files), e.g. {os.path.dirname(expanded) or '.'!r}."
+            )
         if expanded.startswith((".", "/", "~")) or expanded.count("/") > 1 or os.sep + os.sep in expanded:
             raise ModelLoadError(
                 f"model={self.model!r} looks like a local path but no such folder exists; "
@@ -187,23 +207,73 @@ class LocalScorer(BaseModel):
             ) from exc
 
     def _load_error(self, what: str, exc: Exception) -> ModelLoadError:
-        tried = "a local folder" if os.path.isdir(os.path.expanduser(self.model)) else (
-            f"a local folder (none), then the {'ModelScope' if self.source == 'modelscope' else 'Hugging Face'} hub"
-        )
-        hint = (
-            "Check the id/path and your network. Offline or in mainland China: download the model and pass its "
-            "folder, set HF_ENDPOINT to a mirror, or use source='modelscope'."
-        )
-        return ModelLoadError(f"could not load the {what} of model={self.model!r} (tried {tried}): {exc}. {hint}")
+        reason = " ".join(str(exc).split()).rstrip(".")
+        if os.path.isdir(os.path.expanduser(self.model)):
+            return ModelLoadError(f"could not load the {what} of model={self.model!r} (a local folder): {reason}.")
+        if self.source == "modelscope":
+            tried, hint = "a local folder (none), then the ModelScope hub", "Check the id and your network."
+        elif self.local_files_only or _hub_offline():
+            switch = "local_files_only=True" if self.local_files_only else "HF_HUB_OFFLINE=1"
+            tried = f"a local folder (none), then the Hugging Face cache only ({switch}: no download)"
+            hint = (
+                f"Download it once on a connected machine (huggingface-cli download {self.model}) into the same "
+                "cache (HF_HOME), or pass its local folder."
+            )
+        else:
+            tried = "a local folder (none), then the Hugging Face hub"
+            hint = (
+                "Check the id/path and your network. Offline or in mainland China: download the model and pass its "
+                "folder, set HF_ENDPOINT to a mirror, or use source='modelscope'; with no network, set "
+                "HF_HUB_OFFLINE=1 to get this error at once instead of after the hub's retries."
+            )
+        return ModelLoadError(f"could not load the {what} of model={self.model!r} (tried {tried}): {reason}. {hint}")
 
     def _hub_kwargs(self) -> dict[str, Any]:
         return {"revision": self.revision, "cache_dir": self.cache_dir, "local_files_only": self.local_files_only}
+
+    def _ensure_config(self) -> Any:
+        """The model's config, checked: a Qwen3 causal LM whose context holds ``max_length``."""
+        if self._config is None:
+            from transformers import AutoConfig
+
+            location = self._model_location()
+            try:
+                config = AutoConfig.from_pretrained(location, **self._hub_kwargs())
+            except Exception as exc:
+                raise self._load_error("config", exc) from exc
+            architectures = set(getattr(config, "architectures", None) or ["Qwen3ForCausalLM"])
+            if config.model_type != "qwen3" or not architectures & _QWEN3_ARCHITECTURES:
+                raise ModelLoadError(
+                    f"model={self.model!r} is not a Qwen3 causal LM (model_type={config.model_type!r}, "
+                    f"architectures={sorted(architectures)}); LocalScorer needs an original Qwen3-Reranker "
+                    "checkpoint such as Qwen/Qwen3-Reranker-0.6B (a sequence-classification conversion will not do)."
+                )
+            context = getattr(config, "max_position_embeddings", None)
+            if isinstance(context, int) and self.max_length > context and "max_length" in self.model_fields_set:
+                # Positions past the context were never trained: scores there are noise, so refuse, loudly.
+                raise ValueError(
+                    f"max_length={self.max_length} is more than model={self.model!r} can read: its context "
+                    f"(config max_position_embeddings) is {context} tokens; use max_length <= {context}."
+                )
+            self._config = config
+        return self._config
+
+    def _effective_max_length(self) -> int:
+        """``max_length``, or the model's context when that is smaller and ``max_length`` was left at its default."""
+        context = getattr(self._ensure_config(), "max_position_embeddings", None)
+        if isinstance(context, int) and context < self.max_length:
+            logger.info("max_length: the default %d lowered to %s's context, %d", self.max_length, self.model, context)
+            return context
+        return self.max_length
 
     def _ensure_encoder(self) -> PromptEncoder:
         if self._encoder is None:
             from transformers import AutoTokenizer
 
+            max_length = self._effective_max_length()
             location = self._model_location()
+            if os.path.isdir(location):
+                _require_tokenizer_files(self.model, location)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(location, **self._hub_kwargs())
             except Exception as exc:  # hub/IO/parse errors all mean "not loadable"
@@ -211,7 +281,7 @@ class LocalScorer(BaseModel):
             if tokenizer.pad_token is None:  # "Cannot handle batch sizes > 1 if no padding token is defined"
                 tokenizer.pad_token = "<|endoftext|>"
             try:
-                self._encoder = PromptEncoder(tokenizer, self.max_length)
+                self._encoder = PromptEncoder(tokenizer, max_length)
             except ValueError as exc:
                 raise ModelLoadError(f"model={self.model!r} does not have a Qwen3 tokenizer: {exc}") from exc
         return self._encoder
@@ -219,25 +289,18 @@ class LocalScorer(BaseModel):
     def _ensure_model(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
+        config = self._ensure_config()
         location = self._model_location()
-        try:
-            config = AutoConfig.from_pretrained(location, **self._hub_kwargs())
-        except Exception as exc:
-            raise self._load_error("config", exc) from exc
-        architectures = set(getattr(config, "architectures", None) or ["Qwen3ForCausalLM"])
-        if config.model_type != "qwen3" or not architectures & _QWEN3_ARCHITECTURES:
-            raise ModelLoadError(
-                f"model={self.model!r} is not a Qwen3 causal LM (model_type={config.model_type!r}, "
-                f"architectures={sorted(architectures)}); LocalScorer needs an original Qwen3-Reranker checkpoint "
-                "such as Qwen/Qwen3-Reranker-0.6B (a sequence-classification conversion will not do)."
-            )
+        if os.path.isdir(location):
+            _require_safetensors(self.model, location)
         device = self.torch_device
         dtype = resolve_dtype(self.dtype, device)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 location,
+                config=config,
                 dtype=dtype,
                 attn_implementation="sdpa",
                 use_safetensors=True,  # never unpickle .bin weights
@@ -375,6 +438,46 @@ class LocalScorer(BaseModel):
             "device": device.type,
             "max_length": self.max_length,
         }
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _require_tokenizer_files(model: str, folder: str) -> None:
+    """Refuse a checkpoint folder without tokenizer files: transformers would build an empty tokenizer from it
+    (every text encodes to nothing, "yes" and "no" both to id 0) instead of failing."""
+    names = set(os.listdir(folder))
+    if not any(set(needed) <= names for needed in _TOKENIZER_FILE_SETS):
+        raise ModelLoadError(
+            f"model={model!r} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt, with "
+            "tokenizer_config.json). Save the tokenizer beside the weights: copy those files from the original "
+            "checkpoint (huggingface-cli download Qwen/Qwen3-Reranker-0.6B tokenizer.json tokenizer_config.json "
+            f"vocab.json merges.txt --local-dir {folder}), or save them there with "
+            "AutoTokenizer.from_pretrained(...).save_pretrained(...)."
+        )
+
+
+def _require_safetensors(model: str, folder: str) -> None:
+    """Name the real problem of a folder without safetensors weights before transformers reports a hub error."""
+    names = os.listdir(folder)
+    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
+        return
+    pickles = sorted(name for name in names if name.endswith(_PICKLE_WEIGHT_SUFFIXES))
+    if pickles:
+        raise ModelLoadError(
+            f"model={model!r} holds only pickle weights ({', '.join(pickles[:3])}); LocalScorer loads safetensors "
+            "only, since unpickling a file can run any code in it. If you trust the file, convert it once: "
+            f"AutoModelForCausalLM.from_pretrained({folder!r}, use_safetensors=False).save_pretrained({folder!r}) "
+            "(writes model.safetensors), or download the official checkpoint, which ships safetensors."
+        )
+    raise ModelLoadError(
+        f"model={model!r} has no weights (*.safetensors); point it at the folder that holds the whole checkpoint."
+    )
 
 
 def _shared_prefix_length(ids: list[list[int]]) -> int:

@@ -153,6 +153,12 @@ class PromptEncoder:
         self.suffix_ids: list[int] = self._encode([SUFFIX])[0]
         self.yes_id = self._token_id(YES_TOKEN)
         self.no_id = self._token_id(NO_TOKEN)
+        if self.yes_id == self.no_id or not self.prefix_ids:
+            # What transformers builds from a folder without tokenizer files: every text encodes to nothing.
+            raise ValueError(
+                f"the tokenizer maps 'yes' and 'no' to the same id ({self.yes_id}) or the prompt to no tokens: it "
+                "is empty (tokenizer files missing?) or not a Qwen3 tokenizer"
+            )
 
     @property
     def max_body_tokens(self) -> int:

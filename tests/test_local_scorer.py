@@ -202,12 +202,82 @@ def test_folder_without_config(tmp_path):
         LocalScorer(str(tmp_path)).load()
 
 
+def test_a_file_is_not_a_model_folder(tiny_model_dir):
+    scorer = LocalScorer(str(tiny_model_dir / "config.json"))
+    with pytest.raises(ModelLoadError, match=r"is a file, not a folder; pass the folder .* e\.g\. '.*tiny-qwen3"):
+        scorer.score(QUERY, ["a"])
+
+
+def copy_without(tiny_model_dir, target, *names):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, target, ignore=shutil.ignore_patterns(*names))
+    return target
+
+
+def test_folder_without_tokenizer_files_says_what_is_missing(tmp_path, tiny_model_dir):
+    # transformers builds an empty tokenizer from such a folder ("yes" == "no" == id 0): once a ZeroDivisionError.
+    target = copy_without(tiny_model_dir, tmp_path / "no-tokenizer", "tokenizer*", "vocab.json", "merges.txt")
+    scorer = LocalScorer(str(target), device="cpu")
+    missing = r"has no tokenizer files \(tokenizer\.json, or vocab\.json \+ merges\.txt"
+    with pytest.raises(ModelLoadError, match=missing) as info:
+        scorer.score(QUERY, ["a"])
+    assert "huggingface-cli download" in str(info.value) and not scorer.loaded
+
+
+def test_an_empty_tokenizer_is_refused(tmp_path, tiny_model_dir):
+    # The same empty tokenizer from a hub repo without tokenizer files: the encoder refuses it.
+    from transformers import AutoTokenizer
+
+    empty = AutoTokenizer.from_pretrained(copy_without(tiny_model_dir, tmp_path / "bare", "tokenizer*", "vocab.json",
+                                                       "merges.txt"))
+    with pytest.raises(ValueError, match="same id .* empty"):
+        PromptEncoder(empty, 512)
+
+
+def test_a_path_object_is_a_model_folder(tiny_model_dir, reference_model):
+    by_path = LocalScorer(tiny_model_dir, device="cpu", dtype="float32")
+    assert by_path.model == str(tiny_model_dir)
+    assert LocalScorer(model=tiny_model_dir).model == str(tiny_model_dir)
+    assert_close(by_path.score(QUERY, ["Beijing"]), reference_scores(*reference_model, QUERY, ["Beijing"]))
+
+
+def test_max_length_above_the_context_is_refused_at_load(tiny_model_dir):
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu", max_length=8192)  # the tiny model reads 4096
+    with pytest.raises(ValueError, match=r"max_length=8192 is more than .* context .* is 4096 tokens"):
+        scorer.score(QUERY, ["a"])
+    assert not scorer.loaded
+
+
+def test_the_default_max_length_follows_a_smaller_context(local_scorer):
+    # Left at its default (8192), max_length becomes the tiny model's 4096: the user asked for nothing impossible.
+    assert "max_length" not in local_scorer.model_fields_set and local_scorer._encoder.max_length == 4096
+
+
+def test_offline_hub_fails_at_once_and_says_why(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE  # tests/conftest.py sets HF_HUB_OFFLINE=1
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"HF_HUB_OFFLINE=1: no download\).*huggingface-cli download"):
+        LocalScorer("Qwen/Qwen3-Reranker-does-not-exist").score(QUERY, ["a"])
+    assert time.perf_counter() - started < 10
+    # Online, a hub failure comes after retries: the message says how to skip them.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    online = LocalScorer("Qwen/Qwen3-Reranker-does-not-exist")._load_error("config", OSError("unreachable."))
+    assert "then the Hugging Face hub): unreachable." in str(online)
+    assert "modelscope" in str(online) and "set HF_HUB_OFFLINE=1 to get this error at once" in str(online)
+
+
 def test_unreachable_hub_names_sources_and_fix():
     scorer = LocalScorer("Qwen/Qwen3-Reranker-does-not-exist", local_files_only=True)
     with pytest.raises(ModelLoadError) as info:
         scorer.score(QUERY, ["a"])
     message = str(info.value)
-    assert "Hugging Face hub" in message and "local folder" in message and "modelscope" in message
+    assert "local folder (none), then the Hugging Face cache only (local_files_only=True: no download)" in message
+    assert "pass its local folder" in message
 
 
 def test_modelscope_source_without_package(monkeypatch):
@@ -275,8 +345,10 @@ def test_pickle_weights_are_never_loaded(tmp_path, tiny_model_dir):
     state = load_file(str(target / "model.safetensors"))
     torch.save(state, target / "pytorch_model.bin")
     (target / "model.safetensors").unlink()
-    with pytest.raises(ModelLoadError, match="weights"):
+    only_pickle = r"holds only pickle weights \(pytorch_model\.bin\); .*safetensors"
+    with pytest.raises(ModelLoadError, match=only_pickle) as info:
         LocalScorer(str(target), device="cpu").load()
+    assert "save_pretrained" in str(info.value) and "network" not in str(info.value)
 
 
 def test_identical_and_prefix_sharing_documents(local_scorer, reference_model):
