@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from qwen3_rerank_integrations.evaluation import DEFAULT_EMBED_MODEL  # torch-free to import
 from qwen3_rerank_integrations.local import DEFAULT_MODEL as DEFAULT_RERANK_MODEL  # torch-free to import
+# A URL fit to show: without `user:password@` (VLLMScorer sends them as Basic auth and never shows them).
+from qwen3_rerank_integrations._vllm_protocol import display_url
 
 if TYPE_CHECKING:
     from qwen3_rerank_integrations import Scorer
 
 CORPUS_PATH = Path(__file__).with_name("corpus.jsonl")
-DEFAULT_EMBED_MODEL = "BAAI/bge-small-en-v1.5"
 DEFAULT_QUERY = "How do I protect my server from attackers?"
 
 
@@ -177,7 +179,8 @@ def describe_backend(args: argparse.Namespace) -> str:
     """A short phrase for the table header, e.g. ``Qwen/Qwen3-Reranker-0.6B (local, device auto)``."""
     if args.backend == "local":
         return f"{args.rerank_model or DEFAULT_RERANK_MODEL} (local, device {args.device})"
-    return f"{args.rerank_model or 'the served model'} (vLLM at {args.base_url}, {args.template} template)"
+    where = display_url(args.base_url)
+    return f"{args.rerank_model or 'the served model'} (vLLM at {where}, {args.template} template)"
 
 
 # ------------------------------------------------------------------------------------------------ output

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from . import __version__
 from ._ranking import rank
 from .errors import RerankError
+from .evaluation import DEFAULT_EMBED_MODEL, DEFAULT_TOP_K, EvalConfig, run_evaluation
 from .local import DEFAULT_MODEL
 from .precision import DEFAULT_MAX_ABS_DIFF, DEFAULT_MIN_RANK_AGREEMENT, DEFAULT_MIN_TOP1_AGREEMENT
 from .scorer import validate_inputs
@@ -356,9 +357,11 @@ def rerank(
         _print_ranking(ranking)
 
 
-def _reject_other_backend_options(ctx: typer.Context, backend: Backend) -> None:
+def _reject_other_backend_options(
+    ctx: typer.Context, backend: Backend, local_only: tuple[str, ...] = _LOCAL_ONLY
+) -> None:
     """An option typed for the other backend is a mistake: say so rather than silently ignore it."""
-    other = _VLLM_ONLY if backend is Backend.local else _LOCAL_ONLY
+    other = _VLLM_ONLY if backend is Backend.local else local_only
     typed = [name for name in other if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
     if typed:
         flags = ", ".join("--" + name.replace("_", "-") for name in typed)
@@ -579,6 +582,154 @@ def bench(
                                  dtype=dtype.value, reps=reps, seed=seed)
         report = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
     typer.echo(report.model_dump_json(indent=2) if output_format is OutputFormat.json else report.table())
+
+
+# ------------------------------------------------------------------------------------------------ eval
+_EVAL_PANEL = "Evaluation"
+# In eval the embedder runs here whatever the backend, so --device and --progress apply to both.
+_EVAL_LOCAL_ONLY = ("dtype", "source")
+# An --instruction with this value stands for the scorer's default (the model card's web-search instruction).
+_DEFAULT_INSTRUCTION_FLAG = "default"
+
+
+@app.command("eval")
+def eval_command(
+    ctx: typer.Context,
+    data: Annotated[
+        Path,
+        typer.Argument(metavar="DATA", show_default=False,
+                       help="A BEIR folder: corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", show_default=False,
+                     help="Folder for the results. Run the same command again to resume: scores already computed "
+                     "are read from DIR/score-cache, not recomputed."),
+    ],
+    split: Annotated[str, typer.Option(rich_help_panel=_EVAL_PANEL, help="Evaluate qrels/SPLIT.tsv.")] = "test",
+    embed_model: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
+                     help=f"First stage: a sentence-transformers id or folder (default {DEFAULT_EMBED_MODEL})."),
+    ] = None,
+    run_file: Annotated[
+        Path | None,
+        typer.Option("--run", rich_help_panel=_EVAL_PANEL, show_default=False,
+                     help="First stage: a TREC run file you already have (query Q0 doc rank score tag), instead "
+                     "of dense retrieval."),
+    ] = None,
+    top_k: Annotated[
+        list[int] | None,
+        typer.Option(min=1, rich_help_panel=_EVAL_PANEL, show_default=False,
+                     help=f"First-stage documents to rerank per query (default {DEFAULT_TOP_K}). Repeat to "
+                     "compare depths: systems are then named LABEL@K."),
+    ] = None,
+    instruction: Annotated[
+        list[str] | None,
+        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
+                     help=f"Task instruction; repeat to compare several in one run. '{_DEFAULT_INSTRUCTION_FLAG}' "
+                     "(and no --instruction) is the model card's web-search instruction."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
+                     help="A system name per --instruction, in order (default: 'rerank', or 'rerank-1', "
+                     "'rerank-2'... for several)."),
+    ] = None,
+    measure: Annotated[
+        list[str] | None,
+        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
+                     help="An ir-measures measure, e.g. nDCG@10, RR@10, R@100, AP; repeatable (default: nDCG@10, "
+                     "RR@10, R@10 and R@K for each --top-k)."),
+    ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(rich_help_panel=_EVAL_PANEL,
+                     help="Keep scores in DIR/score-cache and reuse them; --no-cache rescores everything."),
+    ] = True,
+    backend: Annotated[Backend, typer.Option(help="Rerank in this process, or on a vLLM server.")] = Backend.local,
+    rerank_model: Annotated[
+        str | None,
+        typer.Option(show_default=False,
+                     help=f"Local backend: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
+                     "vLLM backend: the served model name (default: the one the server serves)."),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False,
+                     help="Most tokens per prompt (default: 8192 locally, the server's context on vLLM)."),
+    ] = None,
+    device: Annotated[str, _device_option()] = "auto",
+    progress: Annotated[
+        bool | None,
+        typer.Option(show_default=False, help="Progress bars on stderr (default: on a terminal)."),
+    ] = None,
+    dtype: Annotated[DType, _dtype_option(rich_help_panel=_LOCAL_PANEL)] = DType.auto,
+    source: Annotated[Source, _source_option(rich_help_panel=_LOCAL_PANEL)] = Source.huggingface,
+    base_url: Annotated[
+        str | None,
+        typer.Option(rich_help_panel=_VLLM_PANEL, show_default=False,
+                     help="The server, e.g. http://localhost:8000 (required with --backend vllm)."),
+    ] = None,
+    template: Annotated[Template, _template_option(rich_help_panel=_VLLM_PANEL)] = Template.client,
+    timeout: Annotated[float, _timeout_option(rich_help_panel=_VLLM_PANEL)] = 60.0,
+    max_retries: Annotated[int, _retries_option(rich_help_panel=_VLLM_PANEL)] = 3,
+    ca_bundle: Annotated[str | None, _ca_bundle_option(rich_help_panel=_VLLM_PANEL)] = None,
+) -> None:
+    """Measure the reranker on your labelled data: first stage, reranked per instruction, IR metrics.
+
+    Retrieves each query's top K (dense, or your --run file), reranks them for each --instruction, and writes
+    to DIR: metrics.json ({system: {measure: value}}, computed by ir-measures), runs/SYSTEM.trec, metrics.md
+    (the table, also printed), metrics.png (a chart) and settings.json. Systems: first_stage, then one per
+    instruction (and depth). --device is where the embedder runs, and the reranker on the local backend.
+    """
+    with _exit_on_error():
+        _reject_other_backend_options(ctx, backend, local_only=_EVAL_LOCAL_ONLY)
+        if backend is Backend.vllm and not base_url:
+            raise ValueError("--backend vllm needs --base-url, e.g. --base-url http://localhost:8000")
+        options: dict[str, Any] = {"top_k": top_k, "labels": label, "measures": measure, "run_file": run_file,
+                                   "embed_model": embed_model}
+        if instruction:
+            if not all(text.strip() for text in instruction):
+                raise ValueError(f"--instruction must not be empty; '{_DEFAULT_INSTRUCTION_FLAG}' is the model "
+                                 "card's instruction")
+            options["instructions"] = [None if text == _DEFAULT_INSTRUCTION_FLAG else text for text in instruction]
+        config = _eval_config(data=data, output=output, split=split, device=device,
+                              **{key: value for key, value in options.items() if value is not None})
+        show_progress = progress if progress is not None else sys.stderr.isatty()
+        log = lambda line: typer.echo(line, err=True)  # noqa: E731
+        try:
+            if backend is Backend.local:
+                from .local import LocalScorer
+
+                scorer = LocalScorer(rerank_model or DEFAULT_MODEL, device=device, dtype=dtype.value,
+                                     source=source.value, **({"max_length": max_length} if max_length else {}))
+                report = run_evaluation(config, scorer, cache=cache, progress=show_progress, log=log)
+            else:
+                assert base_url is not None  # checked above
+                with _vllm_scorer(base_url, model=rerank_model, template=template, timeout=timeout,
+                                  max_retries=max_retries, ca_bundle=ca_bundle, max_length=max_length) as remote:
+                    report = run_evaluation(config, remote, cache=cache, progress=show_progress, log=log)
+        except KeyboardInterrupt:
+            _fail("interrupted; the scores computed so far are kept: run the same command again to resume", 130)
+    typer.echo(report.table, nl=False)
+    typer.echo(f"wrote {output}/metrics.json, metrics.md, metrics.png and runs/ ({len(report.systems)} systems); "
+               f"scored {report.pairs_scored} of {report.pairs} pairs, the rest from the score cache", err=True)
+
+
+_EVAL_FLAGS = {"top_k": "--top-k", "instructions": "--instruction", "labels": "--label", "measures": "--measure",
+               "run_file": "--run", "embed_model": "--embed-model", "split": "--split", "data": "DATA"}
+
+
+def _eval_config(**fields: Any) -> EvalConfig:
+    """EvalConfig, its first complaint in flag terms ("--measure: ...") rather than pydantic's field terms."""
+    try:
+        return EvalConfig(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = _EVAL_FLAGS.get(str(error["loc"][0])) if error["loc"] else None
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        raise ValueError(f"{flag}: {message}" if flag else message) from None
 
 
 def main() -> None:

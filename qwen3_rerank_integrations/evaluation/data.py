@@ -132,6 +132,10 @@ def _optional_text(where: str, record: Mapping[str, Any], key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise DataError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON "\ud800" escape: no tokenizer or request body can carry it
+        raise DataError(f"{where}: '{key}' holds a lone surrogate U+{ord(value[exc.start]):04X}, not text") from None
     return value
 
 
