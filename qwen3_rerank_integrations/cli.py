@@ -183,15 +183,22 @@ def _console() -> Any:
 
 
 def _print_ranking(ranking: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
     from rich.text import Text
 
-    table = Table("rank", "index", "score", "text")
-    table.columns[3].overflow = "ellipsis"
-    table.columns[3].no_wrap = True
+    # The number columns never wrap; the text column takes what is left and is the one that shrinks: a rich
+    # column that may not wrap would keep its full width and squeeze the numbers out of a narrow terminal.
+    table = Table(
+        Column("rank", justify="right", no_wrap=True),
+        Column("index", justify="right", no_wrap=True),
+        Column("score", no_wrap=True),
+        Column("text", ratio=1),
+    )
     for position, row in enumerate(ranking, 1):
-        # Text(), not a markup string: a document may contain "[bold]" and must print as written.
-        table.add_row(str(position), str(row["index"]), f"{row['score']:.6f}", Text(row["text"]))
+        # Text(), not a markup string: a document may contain "[bold]" and must print as written. One line per
+        # document, cut with "…" at the column's width (--format json has the whole text).
+        text = Text(" ".join(row["text"].split()), no_wrap=True, overflow="ellipsis")
+        table.add_row(str(position), str(row["index"]), f"{row['score']:.6f}", text)
     _console().print(table)
 
 

@@ -80,6 +80,25 @@ def test_rerank_lines_table_instruction_progress(tmp_path, tiny_model_dir, refer
     assert "reranking" in result.stderr  # LocalScorer's tqdm bar, on stderr so stdout stays parseable
 
 
+def test_rerank_table_fits_a_narrow_terminal(tmp_path, tiny_model_dir, reference_scorer):
+    # A document wider than the terminal once squeezed the rank, index and score columns out of the table.
+    documents = ["Beijing is the capital of the People's Republic of China. " * 8, "Gravity\npulls.", "北京是首都。" * 20]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": doc}) for doc in documents), "utf-8")
+    result = invoke("rerank", QUERY, path, "--format", "table", *local_args(tiny_model_dir), env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines)
+    assert [cell.strip() for cell in lines[1].split("┃")[1:-1]] == ["rank", "index", "score", "text"]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "│" in line]
+    assert len(rows) == 3  # one line per document, its newline included
+    expected = reference_scorer.score(QUERY, documents)
+    for position, (rank, index, score, text) in enumerate(rows, 1):
+        assert int(rank) == position and abs(float(score) - expected[int(index)]) <= TOLERANCE
+        original = " ".join(documents[int(index)].split())
+        assert text == original or (text.endswith("…") and original.startswith(text[:-1].rstrip()))
+
+
 def vllm_args(server, *extra: str) -> list[str]:
     return ["--backend", "vllm", "--base-url", server.base_url, "--max-retries", "0", *extra]
 
