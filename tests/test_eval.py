@@ -300,7 +300,7 @@ def test_metrics_are_ir_measures_on_the_written_runs_and_order_is_the_scorers(tm
     table = (out / "metrics.md").read_text("utf-8")
     assert table == report.table
     assert table.splitlines()[0] == "| system | nDCG@10 | RR@10 | R@10 | R@8 |"
-    assert f"| answers | " in table and "instruction 'Find passages that answer the question'" in table
+    assert "| answers | " in table and "instruction 'Find passages that answer the question'" in table
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -422,27 +422,38 @@ def test_another_first_stage_is_not_mistaken_for_the_saved_one(tmp_path):
     assert after.count("\n") == 20 * 3 and before.count("\n") == 20 * 5
 
 
-def cli_args(out: Path, minilm_dir: Path, tiny_model_dir: Path) -> list[str]:
-    return ["eval", str(BEIR_MINI), "--output", str(out), "--embed-model", str(minilm_dir), "--rerank-model",
-            str(tiny_model_dir), "--device", "cpu", "--dtype", "float32", "--top-k", "5",
+def cli_args(out: Path, minilm_dir: Path, tiny_model_dir: Path, *, data: Path = BEIR_MINI, top_k: int = 5) -> list[str]:
+    return ["eval", str(data), "--output", str(out), "--embed-model", str(minilm_dir), "--rerank-model",
+            str(tiny_model_dir), "--device", "cpu", "--dtype", "float32", "--top-k", str(top_k),
             "--instruction", "default", "--instruction", "Given a question, retrieve passages that answer it",
             "--label", "default", "--label", "qa"]
 
 
 @pytest.mark.slow
-def test_cli_prints_the_table_and_a_second_run_rescoring_nothing(tmp_path, minilm_dir, tiny_model_dir):
-    out = tmp_path / "out"
-    result = runner.invoke(app, cli_args(out, minilm_dir, tiny_model_dir))
+def test_cli_prints_the_readme_sample_and_a_second_run_rescores_nothing(tmp_path, monkeypatch, minilm_dir,
+                                                                          tiny_model_dir):
+    # The README's sample: its first command, with the offline stand-ins under the names the README shows.
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "beir_mini").symlink_to(BEIR_MINI)
+    (tmp_path / "all-MiniLM-L6-v2").symlink_to(minilm_dir)
+    (tmp_path / "tiny-random-reranker").symlink_to(tiny_model_dir)
+    monkeypatch.chdir(tmp_path)
+    args = cli_args(Path("eval-out"), Path("all-MiniLM-L6-v2"), Path("tiny-random-reranker"),
+                    data=Path("examples/beir_mini"), top_k=20)
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    out = tmp_path / "eval-out"
     assert result.stdout == (out / "metrics.md").read_text("utf-8")
-    assert "scored 200 of 200 pairs" in result.stderr
+    assert "scored 800 of 800 pairs" in result.stderr
     assert sorted(path.name for path in (out / "runs").iterdir()) == ["default.trec", "first_stage.trec", "qa.trec"]
     assert list(json.loads((out / "metrics.json").read_text("utf-8"))) == ["first_stage", "default", "qa"]
+    readme = (ROOT / "README.md").read_text("utf-8")
+    assert result.stdout in readme, "the README's sample table is not what this command prints"
     written = output_files(out)
 
-    result = runner.invoke(app, cli_args(out, minilm_dir, tiny_model_dir))
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "first stage: reusing" in result.stderr and "scored 0 of 200 pairs" in result.stderr
+    assert "first stage: reusing" in result.stderr and "scored 0 of 800 pairs" in result.stderr
     assert output_files(out) == written
 
 

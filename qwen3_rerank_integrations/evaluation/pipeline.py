@@ -390,7 +390,8 @@ def _reranker_name(scorer: object) -> str:
 
 
 def _notes(config: EvalConfig, data: BeirData, results: list[SystemResult], scorer: object) -> list[str]:
-    first = f"run file {config.run_file.name}" if config.run_file else f"dense, {config.embed_model or DEFAULT_EMBED_MODEL}"
+    embedder = config.embed_model or DEFAULT_EMBED_MODEL
+    first = f"run file {config.run_file.name}" if config.run_file else f"dense, {embedder}"
     notes = [f"{len(data.queries)} queries, {len(data.corpus)} documents; `{FIRST_STAGE}`: {first}, "
              f"top {max(config.top_k)}"]
     for result in results[1:]:

@@ -40,7 +40,9 @@ def parse_measures(names: Sequence[str]) -> list[Any]:
     return measures
 
 
-def compute_metrics(measures: Sequence[Any], qrels: Mapping[str, Mapping[str, int]], run_file: Path) -> dict[str, float]:
+def compute_metrics(
+    measures: Sequence[Any], qrels: Mapping[str, Mapping[str, int]], run_file: Path
+) -> dict[str, float]:
     """Each measure's mean over the judged queries, computed by ir-measures on the TREC file ``run_file``, keyed
     by the name ir-measures writes (``"nDCG@10"``), in the order of ``measures``."""
     import ir_measures
