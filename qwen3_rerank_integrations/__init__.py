@@ -24,6 +24,7 @@ from .errors import (
     RateLimitError,
     RemoteError,
     RerankError,
+    ResponseTooLargeError,
     RouteNotFoundError,
     ServerConnectionError,
     ServerError,
@@ -67,6 +68,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "InvalidResponseError",
+    "ResponseTooLargeError",
 ]
 
 _CACHE_NAMES = ["CachedScorer", "ScoreCache", "InMemoryScoreCache", "DiskScoreCache", "ByteStoreScoreCache", "CacheStats"]

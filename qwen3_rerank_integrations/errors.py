@@ -4,11 +4,16 @@ Every fault the package raises on purpose is a :class:`RerankError`, so callers 
 Bad *arguments* are the exception: they raise the built-in ``TypeError``/``ValueError`` (naming the
 argument) before any model or network work, as Python code is expected to.
 
-Remote errors carry the HTTP status and the server's own message, never the request's headers, so an
-API key cannot leak through ``str(exc)`` or a log line.
+Remote errors carry the HTTP status and the server's own message, never the request's headers. A server may
+still echo a header back in its message, so every error masks the registered secrets (API key, header values,
+URL credentials; see :mod:`qwen3_rerank_integrations._secrets`) when it is made: no error can carry one.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from ._secrets import redact
 
 __all__ = [
     "RerankError",
@@ -24,11 +29,15 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "InvalidResponseError",
+    "ResponseTooLargeError",
 ]
 
 
 class RerankError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose. Its message never holds a registered secret."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ModelLoadError(RerankError):
@@ -62,7 +71,7 @@ class ServerResponseError(RemoteError):
     def __init__(self, message: str, *, status_code: int, server_message: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
-        self.server_message = server_message
+        self.server_message = redact(server_message) if server_message is not None else None
 
 
 class BadRequestError(ServerResponseError):
@@ -88,3 +97,8 @@ class ServerError(ServerResponseError):
 class InvalidResponseError(RemoteError):
     """The server answered 2xx but the body is not a valid rerank result (not JSON, an index missing or
     repeated, a score that is not a finite number)."""
+
+
+class ResponseTooLargeError(InvalidResponseError):
+    """The server's answer grew past ``max_response_bytes`` once decompressed (a runaway or hostile server, a
+    compression bomb); reading stopped there."""
