@@ -249,6 +249,20 @@ def _ca_bundle_option(**extra: Any) -> Any:
     )
 
 
+# The backend options as rerank and eval take them, grouped in their help panels.
+_LocalDTypeOption = Annotated[DType, _dtype_option(rich_help_panel=_LOCAL_PANEL)]
+_LocalSourceOption = Annotated[Source, _source_option(rich_help_panel=_LOCAL_PANEL)]
+_BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(rich_help_panel=_VLLM_PANEL, show_default=False,
+                 help="The server, e.g. http://localhost:8000 (required with --backend vllm)."),
+]
+_TemplateOption = Annotated[Template, _template_option(rich_help_panel=_VLLM_PANEL)]
+_TimeoutOption = Annotated[float, _timeout_option(rich_help_panel=_VLLM_PANEL)]
+_RetriesOption = Annotated[int, _retries_option(rich_help_panel=_VLLM_PANEL)]
+_CaBundleOption = Annotated[str | None, _ca_bundle_option(rich_help_panel=_VLLM_PANEL)]
+
+
 def _vllm_scorer(
     base_url: str, *, model: str | None, template: Template, timeout: float, max_retries: int,
     ca_bundle: str | None, max_length: int | None = None,
@@ -307,23 +321,19 @@ def rerank(
     output_format: Annotated[OutputFormat, typer.Option("--format", help="JSON list or a table.")] = OutputFormat.json,
     input_format: Annotated[InputFormat, typer.Option(help="How to read FILE.")] = InputFormat.auto,
     device: Annotated[str, _device_option(rich_help_panel=_LOCAL_PANEL)] = "auto",
-    dtype: Annotated[DType, _dtype_option(rich_help_panel=_LOCAL_PANEL)] = DType.auto,
-    source: Annotated[Source, _source_option(rich_help_panel=_LOCAL_PANEL)] = Source.huggingface,
+    dtype: _LocalDTypeOption = DType.auto,
+    source: _LocalSourceOption = Source.huggingface,
     progress: Annotated[
         bool | None,
         typer.Option(rich_help_panel=_LOCAL_PANEL, show_default=False,
                      help=f"Progress bar on stderr (default: on for {_PROGRESS_MIN_DOCUMENTS}+ documents on a "
                      "terminal)."),
     ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=_VLLM_PANEL, show_default=False,
-                     help="The server, e.g. http://localhost:8000 (required with --backend vllm)."),
-    ] = None,
-    template: Annotated[Template, _template_option(rich_help_panel=_VLLM_PANEL)] = Template.client,
-    timeout: Annotated[float, _timeout_option(rich_help_panel=_VLLM_PANEL)] = 60.0,
-    max_retries: Annotated[int, _retries_option(rich_help_panel=_VLLM_PANEL)] = 3,
-    ca_bundle: Annotated[str | None, _ca_bundle_option(rich_help_panel=_VLLM_PANEL)] = None,
+    base_url: _BaseUrlOption = None,
+    template: _TemplateOption = Template.client,
+    timeout: _TimeoutOption = 60.0,
+    max_retries: _RetriesOption = 3,
+    ca_bundle: _CaBundleOption = None,
 ) -> None:
     """Score documents against QUERY and print them best first.
 
@@ -599,6 +609,10 @@ _EVAL_LOCAL_ONLY = ("dtype", "source")
 _DEFAULT_INSTRUCTION_FLAG = "default"
 
 
+def _eval_option(*names: str, **extra: Any) -> Any:
+    return typer.Option(*names, rich_help_panel=_EVAL_PANEL, show_default=False, **extra)
+
+
 @app.command("eval")
 def eval_command(
     ctx: typer.Context,
@@ -616,38 +630,32 @@ def eval_command(
     split: Annotated[str, typer.Option(rich_help_panel=_EVAL_PANEL, help="Evaluate qrels/SPLIT.tsv.")] = "test",
     embed_model: Annotated[
         str | None,
-        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
-                     help=f"First stage: a sentence-transformers id or folder (default {DEFAULT_EMBED_MODEL})."),
+        _eval_option(help=f"First stage: a sentence-transformers id or folder (default {DEFAULT_EMBED_MODEL})."),
     ] = None,
     run_file: Annotated[
         Path | None,
-        typer.Option("--run", rich_help_panel=_EVAL_PANEL, show_default=False,
-                     help="First stage: a TREC run file you already have (query Q0 doc rank score tag), instead "
-                     "of dense retrieval."),
+        _eval_option("--run", help="First stage: a TREC run file you already have (query Q0 doc rank score tag), "
+                     "instead of dense retrieval."),
     ] = None,
     top_k: Annotated[
         list[int] | None,
-        typer.Option(min=1, rich_help_panel=_EVAL_PANEL, show_default=False,
-                     help=f"First-stage documents to rerank per query (default {DEFAULT_TOP_K}). Repeat to "
+        _eval_option(min=1, help=f"First-stage documents to rerank per query (default {DEFAULT_TOP_K}). Repeat to "
                      "compare depths: systems are then named LABEL@K."),
     ] = None,
     instruction: Annotated[
         list[str] | None,
-        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
-                     help=f"Task instruction; repeat to compare several in one run. '{_DEFAULT_INSTRUCTION_FLAG}' "
+        _eval_option(help=f"Task instruction; repeat to compare several in one run. '{_DEFAULT_INSTRUCTION_FLAG}' "
                      "(and no --instruction) is the model card's web-search instruction."),
     ] = None,
     label: Annotated[
         list[str] | None,
-        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
-                     help="A system name per --instruction, in order (default: 'rerank', or 'rerank-1', "
+        _eval_option(help="A system name per --instruction, in order (default: 'rerank', or 'rerank-1', "
                      "'rerank-2'... for several)."),
     ] = None,
     measure: Annotated[
         list[str] | None,
-        typer.Option(rich_help_panel=_EVAL_PANEL, show_default=False,
-                     help="An ir-measures measure, e.g. nDCG@10, RR@10, R@100, AP; repeatable (default: nDCG@10, "
-                     "RR@10, R@10 and R@K for each --top-k)."),
+        _eval_option(help="An ir-measures measure, e.g. nDCG@10, RR@10, R@100, AP; repeatable (default: "
+                     "nDCG@10, RR@10, R@10 and R@K for each --top-k)."),
     ] = None,
     cache: Annotated[
         bool,
@@ -671,17 +679,13 @@ def eval_command(
         bool | None,
         typer.Option(show_default=False, help="Progress bars on stderr (default: on a terminal)."),
     ] = None,
-    dtype: Annotated[DType, _dtype_option(rich_help_panel=_LOCAL_PANEL)] = DType.auto,
-    source: Annotated[Source, _source_option(rich_help_panel=_LOCAL_PANEL)] = Source.huggingface,
-    base_url: Annotated[
-        str | None,
-        typer.Option(rich_help_panel=_VLLM_PANEL, show_default=False,
-                     help="The server, e.g. http://localhost:8000 (required with --backend vllm)."),
-    ] = None,
-    template: Annotated[Template, _template_option(rich_help_panel=_VLLM_PANEL)] = Template.client,
-    timeout: Annotated[float, _timeout_option(rich_help_panel=_VLLM_PANEL)] = 60.0,
-    max_retries: Annotated[int, _retries_option(rich_help_panel=_VLLM_PANEL)] = 3,
-    ca_bundle: Annotated[str | None, _ca_bundle_option(rich_help_panel=_VLLM_PANEL)] = None,
+    dtype: _LocalDTypeOption = DType.auto,
+    source: _LocalSourceOption = Source.huggingface,
+    base_url: _BaseUrlOption = None,
+    template: _TemplateOption = Template.client,
+    timeout: _TimeoutOption = 60.0,
+    max_retries: _RetriesOption = 3,
+    ca_bundle: _CaBundleOption = None,
 ) -> None:
     """Measure the reranker on your labelled data: first stage, reranked per instruction, IR metrics.
 

@@ -199,7 +199,8 @@ def test_good_data_loads_titles_and_numeric_ids(tmp_path):
     ("line", "fragment"),
     [
         ("q01 Q0 sec-01 1 0.5", "expected 6 columns"),
-        ("q01 Q0 nope 1 0.5 tag", "document id 'nope' is not in the corpus"),
+        ("q01 Q0 nope 1 0.5 tag", "corpus id 'nope' is not in the corpus"),
+        ("q01 Q0 sec-02 2 0.5 tag", "query 'q01' lists corpus id 'sec-02' twice"),
         ("q01 Q0 sec-01 1 high tag", "the score must be a number"),
         ("q01 Q0 sec-01 1 nan tag", "the score must be finite"),
     ],

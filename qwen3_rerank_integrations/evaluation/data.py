@@ -144,10 +144,7 @@ def _read_qrels(
 ) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     for index, (where, line) in enumerate(_lines(path)):
-        fields = line.split()
-        if len(fields) != 3:
-            raise DataError(f"{where}: expected 3 columns (query-id, corpus-id, score), got {len(fields)}")
-        query_id, doc_id, grade = fields
+        query_id, doc_id, grade = _columns(where, line, "query-id corpus-id score")
         try:
             relevance = int(grade)
         except ValueError:
@@ -156,15 +153,31 @@ def _read_qrels(
             raise DataError(f"{where}: the score must be an integer, got {grade!r}") from None
         if query_id not in queries:
             raise DataError(f"{where}: query id {query_id!r} is not in {queries_name}")
-        if doc_id not in corpus:
-            raise DataError(f"{where}: corpus id {doc_id!r} is not in {corpus_name}")
-        judged = qrels.setdefault(query_id, {})
-        if doc_id in judged:
-            raise DataError(f"{where}: query {query_id!r} judges corpus id {doc_id!r} twice")
-        judged[doc_id] = relevance
+        _put(where, qrels, query_id, doc_id, relevance, corpus, corpus_name)
     if not qrels:
         raise DataError(f"{path}: no judgments")
     return qrels
+
+
+def _columns(where: str, line: str, names: str) -> list[str]:
+    """The whitespace-separated fields of a qrels or run line, as many as ``names`` names."""
+    fields, expected = line.split(), len(names.split())
+    if len(fields) != expected:
+        raise DataError(f"{where}: expected {expected} columns ({names}), got {len(fields)}")
+    return fields
+
+
+def _put(
+    where: str, table: dict[str, dict[str, Any]], query_id: str, doc_id: str, value: Any,
+    corpus: Mapping[str, str], corpus_name: str,
+) -> None:
+    """table[query_id][doc_id] = value, for a document that exists and a pair not seen before."""
+    if doc_id not in corpus:
+        raise DataError(f"{where}: corpus id {doc_id!r} is not in {corpus_name}")
+    row = table.setdefault(query_id, {})
+    if doc_id in row:
+        raise DataError(f"{where}: query {query_id!r} lists corpus id {doc_id!r} twice")
+    row[doc_id] = value
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -187,22 +200,14 @@ def read_run(path: str | os.PathLike[str], corpus: Mapping[str, str]) -> Run:
         raise DataError(f"{path}: no such file")
     scored: dict[str, dict[str, float]] = {}
     for where, line in _lines(path):
-        fields = line.split()
-        if len(fields) != 6:
-            raise DataError(f"{where}: expected 6 columns (query-id Q0 doc-id rank score tag), got {len(fields)}")
-        query_id, _, doc_id, _, value, _ = fields
+        query_id, _, doc_id, _, value, _ = _columns(where, line, "query-id Q0 doc-id rank score tag")
         try:
             score = float(value)
         except ValueError:
             raise DataError(f"{where}: the score must be a number, got {value!r}") from None
         if not math.isfinite(score):
             raise DataError(f"{where}: the score must be finite, got {value!r}")
-        if doc_id not in corpus:
-            raise DataError(f"{where}: document id {doc_id!r} is not in the corpus")
-        documents = scored.setdefault(query_id, {})
-        if doc_id in documents:
-            raise DataError(f"{where}: query {query_id!r} lists document {doc_id!r} twice")
-        documents[doc_id] = score
+        _put(where, scored, query_id, doc_id, score, corpus, "the corpus")
     if not scored:
         raise DataError(f"{path}: no results")
     return {query_id: ranked(documents.items()) for query_id, documents in scored.items()}

@@ -247,11 +247,9 @@ def _first_stage(
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from ..cache import _file_digest
+
+    return _file_digest(str(path)).hex()
 
 
 def _data_digest(config: EvalConfig) -> str:
