@@ -8,6 +8,10 @@ Use it in a ``ContextualCompressionRetriever`` (langchain-classic) or anywhere i
     reranker = Qwen3RerankCompressor.from_model("Qwen/Qwen3-Reranker-0.6B", top_n=3)
     retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=vector_store.as_retriever())
 
+Each compression is a run of its own for LangChain callbacks (LangSmith, Langfuse...): a child of the caller's run
+(the compression retriever passes its ``callbacks``), of run type "retriever" with the query as input and the
+reranked Documents, ``relevance_score`` in their metadata, as output; failures end it with the error.
+
 Importing this module imports langchain-core and pydantic, never torch, httpx or llama_index.
 """
 
@@ -16,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import Callbacks
+from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 
-from ._ranking import Ranked, RerankerBase
+from ._ranking import Ranked, RerankerBase, scorer_name
+from .scorer import validate_inputs
 
 __all__ = ["Qwen3RerankCompressor"]
 
@@ -56,17 +61,48 @@ class Qwen3RerankCompressor(RerankerBase, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Rerank ``documents`` against ``query``: new Documents with ``metadata["relevance_score"]``, best first.
 
+        ``callbacks`` (what a ``ContextualCompressionRetriever`` passes down) see the rerank as a run of its own.
+
         Raises:
-            TypeError, ValueError: a bad query, instruction or document (before any scoring).
+            TypeError, ValueError: a bad query, instruction or document (before any scoring or run).
             RerankError: the scorer failed.
         """
-        return _with_scores(documents, self._rank(query, _texts(documents, documents_only=True)))
+        texts = self._checked_texts(documents, query)
+        run = CallbackManager.configure(callbacks, local_metadata=self._run_metadata()).on_retriever_start(
+            None, query, name=type(self).__name__
+        )
+        try:
+            reranked = _with_scores(documents, self._rank(query, texts))
+        except BaseException as exc:
+            run.on_retriever_error(exc)
+            raise
+        run.on_retriever_end(reranked)
+        return reranked
 
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         """The async twin of :meth:`compress_documents`: awaits the scorer's ``ascore`` (no thread hop)."""
-        return _with_scores(documents, await self._arank(query, _texts(documents, documents_only=True)))
+        texts = self._checked_texts(documents, query)
+        manager = AsyncCallbackManager.configure(callbacks, local_metadata=self._run_metadata())
+        run = await manager.on_retriever_start(None, query, name=type(self).__name__)
+        try:
+            reranked = _with_scores(documents, await self._arank(query, texts))
+        except BaseException as exc:
+            await run.on_retriever_error(exc)
+            raise
+        await run.on_retriever_end(reranked)
+        return reranked
+
+    def _checked_texts(self, documents: Sequence[Document], query: str) -> list[str]:
+        # Bad input raises before a callback run starts, so a trace never shows a run for a call that never ran.
+        texts = _texts(documents, documents_only=True)
+        validate_inputs(query, texts, self.instruction)
+        return texts
+
+    def _run_metadata(self) -> dict[str, Any]:
+        return {"reranker_model": scorer_name(self.scorer), "top_n": self.top_n,
+                "score_threshold": self.score_threshold}
 
 
 def _texts(documents: object, *, documents_only: bool = False) -> list[str]:

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
@@ -110,6 +111,54 @@ async def test_compressor_as_a_runnable_step(base_retriever, local_scorer, retri
     chain = {"documents": base_retriever, "query": RunnablePassthrough()} | step
     check_reranked(chain.invoke(QUERY), retrieved, reference, top_n=None)
     check_reranked(await chain.ainvoke(QUERY), retrieved, reference, top_n=None)
+
+
+class RunRecorder(BaseCallbackHandler):
+    """Records retriever runs as a tracer (LangSmith, Langfuse) sees them."""
+
+    def __init__(self) -> None:
+        self.runs: dict = {}
+
+    def on_retriever_start(self, serialized, query, *, run_id, parent_run_id=None, metadata=None, **kwargs):
+        self.runs[run_id] = {"name": kwargs.get("name"), "query": query, "parent": parent_run_id,
+                             "metadata": metadata or {}, "output": None, "error": None}
+
+    def on_retriever_end(self, documents, *, run_id, **kwargs):
+        self.runs[run_id]["output"] = documents
+
+    def on_retriever_error(self, error, *, run_id, **kwargs):
+        self.runs[run_id]["error"] = error
+
+    def named(self, name: str) -> list[dict]:
+        return [run for run in self.runs.values() if run["name"] == name]
+
+
+async def test_the_rerank_is_a_child_run_for_callbacks(base_retriever):
+    reranker = Qwen3RerankCompressor(scorer=ScriptedScorer([0.1, 0.9, 0.5, 0.2, 0.8, 0.3]), top_n=2)
+    retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=base_retriever)
+    for invoke in (lambda config: retriever.invoke(QUERY, config), lambda config: retriever.ainvoke(QUERY, config)):
+        recorder = RunRecorder()
+        result = invoke({"callbacks": [recorder]})
+        result = await result if not isinstance(result, list) else result
+        (outer,) = [run_id for run_id, run in recorder.runs.items() if run["name"] == "ContextualCompressionRetriever"]
+        (rerank,) = recorder.named("Qwen3RerankCompressor")
+        assert rerank["parent"] == outer and rerank["query"] == QUERY and rerank["error"] is None
+        assert rerank["output"] == result and [d.metadata["relevance_score"] for d in result] == [0.9, 0.8]
+        assert rerank["metadata"]["reranker_model"] == "scripted" and rerank["metadata"]["top_n"] == 2
+
+
+async def test_a_failed_rerank_run_ends_with_its_error_and_bad_input_starts_none():
+    recorder = RunRecorder()
+    reranker = Qwen3RerankCompressor(scorer=ScriptedScorer(error=ServerError("boom", status_code=500)))
+    with pytest.raises(ServerError):
+        reranker.compress_documents([Document("a")], QUERY, callbacks=[recorder])
+    with pytest.raises(ServerError):
+        await reranker.acompress_documents([Document("a")], QUERY, callbacks=[recorder])
+    runs = recorder.named("Qwen3RerankCompressor")
+    assert len(runs) == 2 and all(isinstance(run["error"], ServerError) and run["parent"] is None for run in runs)
+    with pytest.raises(ValueError, match="query"):
+        reranker.compress_documents([Document("a")], "  ", callbacks=[recorder])
+    assert len(recorder.runs) == 2
 
 
 # ------------------------------------------------------------------------------------------- behaviour
