@@ -509,3 +509,51 @@ def test_a_run_killed_halfway_resumes_to_the_same_files_scoring_only_the_rest(tm
     assert result.exit_code == 0, result.output
     assert output_files(out) == output_files(fresh)
     assert resumed.stdout == result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ progress, interrupt
+def test_progress_bar_counts_queries_on_stderr(tmp_path, capsys):
+    first = hashed_first_stage(tmp_path / "first.trec")
+    config = EvalConfig(data=BEIR_MINI, output=tmp_path / "out", run_file=first, top_k=[3])
+    run_evaluation(config, HashScorer(), cache=False, progress=True)
+    captured = capsys.readouterr()
+    assert "reranking" in captured.err and "20/20" in captured.err and captured.out == ""
+
+
+def test_interrupt_says_how_to_resume(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("qwen3_rerank_integrations.cli.run_evaluation", interrupted)
+    result = runner.invoke(app, ["eval", str(BEIR_MINI), "-o", str(tmp_path / "out"), "--rerank-model", "x"])
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == [
+        "Error: interrupted; the scores computed so far are kept: run the same command again to resume"]
+
+
+# ------------------------------------------------------------------------------------------------ vLLM backend
+@pytest.mark.slow
+def test_vllm_backend_reranks_with_the_servers_official_scores_and_caches_them(tmp_path, vllm_legacy_server,
+                                                                               reference_scorer):
+    first = hashed_first_stage(tmp_path / "first.trec")
+    out = tmp_path / "out"
+    args = ["eval", str(BEIR_MINI), "-o", str(out), "--run", str(first), "--top-k", "3", "--backend", "vllm",
+            "--base-url", vllm_legacy_server.base_url, "--template", "client"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(vllm_legacy_server.scoring_requests()) == 20  # one request per query
+    assert "scored 60 of 60 pairs" in result.stderr
+    data = load_beir(BEIR_MINI)
+    reranked = by_query(trec_lines(out / "runs" / "rerank.trec"))
+    for query_id in list(data.queries)[:4]:
+        candidates = [doc_id for doc_id, _ in reranked[query_id]]
+        official = reference_scorer.score(data.queries[query_id], [data.corpus[doc_id] for doc_id in candidates])
+        assert [score for _, score in reranked[query_id]] == pytest.approx(official, abs=1e-5)
+        assert [doc_id for doc_id, _ in trec_eval_order(list(zip(candidates, official)))] == candidates
+    written = output_files(out)
+
+    vllm_legacy_server.reset()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert vllm_legacy_server.scoring_requests() == [] and "scored 0 of 60 pairs" in result.stderr
+    assert output_files(out) == written
