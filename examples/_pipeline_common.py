@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from qwen3_rerank_integrations.evaluation import DEFAULT_EMBED_MODEL  # torch-free to import
 from qwen3_rerank_integrations.local import DEFAULT_MODEL as DEFAULT_RERANK_MODEL  # torch-free to import
+# A URL fit to show: without `user:password@` (VLLMScorer sends them as Basic auth and never shows them).
+from qwen3_rerank_integrations._vllm_protocol import display_url
 
 if TYPE_CHECKING:
     from qwen3_rerank_integrations import Scorer
@@ -177,7 +179,8 @@ def describe_backend(args: argparse.Namespace) -> str:
     """A short phrase for the table header, e.g. ``Qwen/Qwen3-Reranker-0.6B (local, device auto)``."""
     if args.backend == "local":
         return f"{args.rerank_model or DEFAULT_RERANK_MODEL} (local, device {args.device})"
-    return f"{args.rerank_model or 'the served model'} (vLLM at {args.base_url}, {args.template} template)"
+    where = display_url(args.base_url)
+    return f"{args.rerank_model or 'the served model'} (vLLM at {where}, {args.template} template)"
 
 
 # ------------------------------------------------------------------------------------------------ output

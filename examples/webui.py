@@ -27,6 +27,7 @@ from _pipeline_common import (
     add_reranker_flags,
     build_scorer,
     check_reranker_args,
+    display_url,
     load_corpus,
     prepare_scorer,
     run_cli,
@@ -77,8 +78,9 @@ class Backends:
             self.labels["local"] = f"local: {self._models['local']} (device {args.device})"
         if args.base_url:
             self._models["vllm"] = args.rerank_model if args.backend == "vllm" else None
-            self.labels["vllm"] = (f"vLLM: {self._models['vllm'] or 'served model'} at {args.base_url} "
-                                   f"({args.template} template)")
+            where = display_url(args.base_url)  # never the credentials of http://user:password@host
+            served = self._models["vllm"] or "served model"
+            self.labels["vllm"] = f"vLLM: {served} at {where} ({args.template} template)"
         self._scorers: dict[str, Scorer] = {}
         self._lock = threading.Lock()
 

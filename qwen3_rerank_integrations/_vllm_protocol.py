@@ -9,12 +9,15 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import unquote
 
+from ._secrets import snippet
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -32,6 +35,8 @@ __all__ = [
     "RERANK_PATH",
     "SCORE_PATH",
     "normalize_base_url",
+    "split_credentials",
+    "display_url",
     "rerank_payload",
     "score_payload",
     "parse_scores",
@@ -54,6 +59,8 @@ Template = Literal["client", "server"]
 MAX_RETRY_AFTER_S = 60.0
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _SNIPPET = 300
+# Retry-After's delta-seconds form (RFC 9110: digits; a fraction tolerated, as some proxies send one).
+_DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,30 @@ class TransientError(Exception):
 def normalize_base_url(url: str) -> str:
     """``http://host:8000``, ``.../`` and ``.../v1`` all mean the server root (``/tokenize`` lives there)."""
     return url.strip().rstrip("/").removesuffix("/v1")
+
+
+def _authority(url: str) -> tuple[str, str, str]:
+    """``url`` as (everything up to the authority, the authority, the rest); no scheme: the authority first."""
+    scheme, sep, rest = url.partition("://")
+    head = scheme + sep if sep else ""
+    rest = rest if sep else url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    return head, rest[:end], rest[end:]
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its ``user:password@``, and the (percent-decoded) user and password, if it had them."""
+    head, authority, tail = _authority(url)
+    if "@" not in authority:
+        return url, None
+    userinfo, _, host = authority.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return head + host + tail, (unquote(user), unquote(password))
+
+
+def display_url(url: str) -> str:
+    """``url`` fit to show: without credentials."""
+    return split_credentials(url)[0]
 
 
 def rerank_payload(
@@ -190,13 +221,13 @@ def read_response(
     *,
     method: str,
     url: str,
-    secrets: Sequence[str] = (),
 ) -> Any:
     """The JSON body of a 2xx response; otherwise the package's error for the status.
 
     Raises:
         TransientError: 429/502/503/504 (wrapping the error to raise once retries run out).
-        ServerResponseError subclasses: every other error status, with the server's message.
+        ServerResponseError subclasses: every other error status, with the server's message; a redirect
+            (3xx) is never followed, so the API key and the documents never go to another address.
         InvalidResponseError: a 2xx body that is not JSON.
     """
     if 200 <= status < 300:
@@ -205,11 +236,19 @@ def read_response(
         try:
             return json.loads(content)
         except ValueError:
+            text = content.decode("utf-8", "replace")
             raise InvalidResponseError(
-                f"{method} {url} answered HTTP {status} with a body that is not JSON: "
-                f"{_redact(content.decode('utf-8', 'replace')[:_SNIPPET], secrets)!r}"
+                f"{method} {url} answered HTTP {status} with a body that is not JSON: {snippet(repr(text))}"
             ) from None
-    message = _redact(server_message(content), secrets)
+    if 300 <= status < 400:
+        location = headers.get("location")
+        target = f"a redirect to {display_url(location)!r}" if location else "a redirect without a Location"
+        raise ServerResponseError(
+            f"{method} {url} answered HTTP {status}, {target}. Redirects are not followed, so the API key and "
+            "the documents never go to another address: if you trust it, make that address the base_url.",
+            status_code=status, server_message=snippet(content.decode("utf-8", "replace"), _SNIPPET),
+        )
+    message = server_message(content)
     error = _status_error(status, message, method, url)
     if status in _RETRY_STATUSES:
         raise TransientError(error, retry_after=_retry_after(headers.get("retry-after")))
@@ -223,7 +262,7 @@ def server_message(content: bytes) -> str:
     try:
         body = json.loads(text)
     except ValueError:
-        return text[:_SNIPPET] or "(empty body)"
+        return snippet(text, _SNIPPET) or "(empty body)"
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -232,8 +271,8 @@ def server_message(content: bytes) -> str:
             if isinstance(candidate, str):
                 return candidate
         if body.get("detail") is not None:
-            return json.dumps(body["detail"])[:_SNIPPET]
-    return text[:_SNIPPET]
+            return snippet(json.dumps(body["detail"]), _SNIPPET)
+    return snippet(text, _SNIPPET)
 
 
 def _status_error(status: int, message: str, method: str, url: str) -> ServerResponseError:
@@ -264,30 +303,24 @@ def _status_error(status: int, message: str, method: str, url: str) -> ServerRes
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds (fractions tolerated) or an HTTP date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
+    """Seconds from a ``Retry-After`` header: delta-seconds (fractions tolerated) or an HTTP date, capped at
+    :data:`MAX_RETRY_AFTER_S`. Anything else (``nan``, ``inf``, ``-5``, ``1e12``, ``soon``, empty) is None:
+    garbage from a server means "no Retry-After", and the backoff applies."""
+    value = (value or "").strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)  # finite up to ~308 digits; a longer one is garbage too
+    else:
         try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except Exception:  # any unparseable or out-of-range date; never let a header crash a retry
             return None
-        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    # A proxy might echo the Authorization header back; the key must never reach an exception or a log.
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def _snippet(value: Any) -> str:
-    return repr(value)[:_SNIPPET]
+    return snippet(value, _SNIPPET)
 
 
 def is_int(value: Any) -> bool:

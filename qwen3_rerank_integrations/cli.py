@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from ._ranking import rank
+from ._secrets import redact
 from .errors import RerankError
 from .evaluation import DEFAULT_EMBED_MODEL, DEFAULT_TOP_K, EvalConfig, run_evaluation
 from .local import DEFAULT_MODEL
@@ -100,7 +101,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"Error: {message}", err=True)
+    # Errors of the package are masked already; this also covers a ValueError or OSError quoting a secret.
+    typer.echo(f"Error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 

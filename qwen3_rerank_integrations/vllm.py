@@ -21,6 +21,7 @@ thread pool and ``httpx.Client``, :meth:`VLLMScorer._arun` with ``asyncio`` and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import inspect
@@ -33,8 +34,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from . import _http
+from . import _secrets
 from . import _vllm_protocol as protocol
 from ._vllm_protocol import Call, TransientError
 from .errors import (
@@ -137,6 +140,13 @@ class ServerCheck(BaseModel):
     warnings: list[str] = Field(default_factory=list, description="Each problem or doubt found, in words.")
     error: str | None = Field(None, description="The error that stopped the check, if any.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mask_secrets(cls, data: Any) -> Any:
+        # A server can echo a request header in any string it sends (a model id, an error message): no
+        # report may show one.
+        return _secrets.redact_all(data)
+
     def summary(self) -> str:
         """A few lines for a terminal."""
         lines = [f"vLLM server {self.base_url}: {'OK' if self.ok else 'PROBLEMS FOUND'}"]
@@ -196,10 +206,14 @@ class VLLMScorer(BaseModel):
         [0.99..., 0.00...]
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+    # hide_input_in_errors: a rejected value may be a secret (a header value, a URL with credentials).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True, hide_input_in_errors=True
+    )
 
     base_url: str = Field(
-        description="The server root, e.g. 'http://localhost:8000' (a trailing '/v1' is accepted and dropped)."
+        description="The server root, e.g. 'http://localhost:8000' (a trailing '/v1' is accepted and dropped). "
+        "Credentials in it ('http://user:password@host') are moved to basic_auth, so the URL never shows them."
     )
     model: str | None = Field(
         None, description="Served model name to send; None lets the server use the one it serves."
@@ -207,6 +221,12 @@ class VLLMScorer(BaseModel):
     api_key: SecretStr | None = Field(
         default_factory=_api_key_from_env,
         description=f"Bearer key for a server started with --api-key; defaults to ${API_KEY_ENV}. Never logged.",
+    )
+    basic_auth: SecretStr | None = Field(
+        None,
+        description="'user:password' for HTTP Basic auth (a proxy in front of vLLM); set from base_url's "
+        "'user:password@' when it has one. Like api_key, never shown; it cannot be combined with api_key "
+        f"(both would be the Authorization header: pass api_key=None to ignore ${API_KEY_ENV}).",
     )
     template: Literal["client", "server"] = Field(
         "client",
@@ -220,7 +240,20 @@ class VLLMScorer(BaseModel):
     instruction: str | None = Field(
         None, description="Default task instruction; None means the model card's web-search instruction."
     )
-    timeout: float = Field(60.0, gt=0, description="Seconds to wait for each HTTP request.")
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds one HTTP request may take in all, from connecting to the answer's last byte (a "
+        "server sending a byte at a time cannot stretch it); each retry gets its own. Waiting for a free "
+        "connection of the pool does not count.",
+    )
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Most bytes of one answer once decompressed (a request carrying big documents may get 8x "
+        "its own size, since rerank answers echo the documents and /tokenize lists their tokens); past it, "
+        "ResponseTooLargeError. Bounds memory against a runaway server or a compression bomb.",
+    )
     max_retries: int = Field(
         3, ge=0, description="Retries of connect errors, timeouts, 429, 502, 503 and 504 (other errors: none)."
     )
@@ -241,8 +274,11 @@ class VLLMScorer(BaseModel):
         description="Optional local tokenizer (a path, a hub id, or a transformers tokenizer) to count and cut "
         "long documents; None uses the server's /tokenize and /detokenize.",
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict, repr=False, description="Extra HTTP headers sent with every request."
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        repr=False,
+        description="Extra HTTP headers sent with every request. Their values are kept as secrets: never in a "
+        "repr, dump, log or error.",
     )
     verify: bool | str = Field(
         True, description="TLS verification: True (system CAs), a CA bundle path, or False (not recommended)."
@@ -253,17 +289,54 @@ class VLLMScorer(BaseModel):
     _state: _State = PrivateAttr(default_factory=lambda: _State())
 
     def __init__(self, base_url: str, /, **data: Any) -> None:
+        # Credentials in the URL become basic_auth here, before validation, so that the URL can be shown
+        # anywhere (repr, errors, httpx's request log) and httpx does not quietly send them instead of api_key.
+        if isinstance(base_url, str):
+            base_url, credentials = protocol.split_credentials(base_url.strip())
+            if credentials is not None:
+                if data.get("basic_auth") is not None:
+                    raise ValueError("base_url has user:password@ and basic_auth is given too: give them once")
+                _secrets.register_basic_auth(*credentials)
+                data["basic_auth"] = SecretStr(":".join(credentials))
         super().__init__(base_url=base_url, **data)
 
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         url = protocol.normalize_base_url(value)
+        if protocol.split_credentials(url)[1] is not None:  # assigned later, or model_validate()
+            raise ValueError("base_url must not hold user:password@ here: set basic_auth='user:password'")
         if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
             raise ValueError(
                 f"base_url must be an http:// or https:// URL such as 'http://localhost:8000', got {value!r}"
             )
         return url
+
+    @field_validator("basic_auth")
+    @classmethod
+    def _check_basic_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("basic_auth must be 'user:password' (the password may be empty: 'user:')")
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> VLLMScorer:
+        """One source of the Authorization header, and every secret registered for masking."""
+        sources = []
+        if self.api_key is not None:
+            from_env = "api_key" not in self.model_fields_set
+            sources.append(f"api_key (from ${API_KEY_ENV})" if from_env else "api_key")
+        if self.basic_auth is not None:
+            sources.append("basic_auth (user:password@ in base_url)")
+        if any(name.lower() == "authorization" for name in self.headers):
+            sources.append("headers['Authorization']")
+        if len(sources) > 1:
+            raise ValueError(
+                f"{' and '.join(sources)} would each set the Authorization header: give one "
+                f"(api_key=None ignores ${API_KEY_ENV})"
+            )
+        self._register_secrets()
+        return self
 
     # ----------------------------------------------------------------------------------------- public API
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
@@ -507,7 +580,9 @@ class VLLMScorer(BaseModel):
         bodies = yield calls
         texts = [body.get("prompt") if isinstance(body, dict) else None for body in bodies]
         if not all(isinstance(t, str) for t in texts):
-            raise InvalidResponseError(f"the server's /detokenize answer has no 'prompt' string: {bodies[0]!r:.300}")
+            raise InvalidResponseError(
+                f"the server's /detokenize answer has no 'prompt' string: {_secrets.snippet(bodies[0])}"
+            )
         return texts  # type: ignore[return-value]
 
     def _check_plan(self, state: _CheckState, min_gap: float) -> Plan[None]:
@@ -653,11 +728,16 @@ class VLLMScorer(BaseModel):
     def _send_once(self, call: Call) -> Any:
         import httpx
 
-        try:
-            response = self._sync_client().request(call.method, call.path, json=call.json)
-        except httpx.TransportError as exc:
-            raise self._transport_error(call, exc) from exc
-        return self._read(call, response)
+        client = self._sync_client()
+        # The deadline bounds the whole request, body included (see _http); the reader bounds the body's size.
+        with _http.Deadline(self.timeout) as deadline:
+            try:
+                with client.stream(call.method, call.path, json=call.json) as response:
+                    reader = self._body_reader(call, response, deadline)
+                    reader.read(response.iter_bytes())
+            except httpx.RequestError as exc:
+                raise self._transport_error(call, exc) from exc
+        return self._read(call, response, reader)
 
     def _sync_client(self) -> httpx.Client:
         state = self._state
@@ -667,7 +747,9 @@ class VLLMScorer(BaseModel):
             if state.client is None:
                 import httpx
 
-                state.client = httpx.Client(**self._client_options())
+                client = httpx.Client(**self._client_options())
+                _http.bound_client(client, is_async=False)
+                state.client = client
             return state.client
 
     # ----------------------------------------------------------------------------------------- async driver
@@ -718,11 +800,15 @@ class VLLMScorer(BaseModel):
     async def _asend_once(self, call: Call) -> Any:
         import httpx
 
-        try:
-            response = await self._async_client().request(call.method, call.path, json=call.json)
-        except httpx.TransportError as exc:
-            raise self._transport_error(call, exc) from exc
-        return self._read(call, response)
+        client = self._async_client()
+        with _http.Deadline(self.timeout) as deadline:
+            try:
+                async with client.stream(call.method, call.path, json=call.json) as response:
+                    reader = self._body_reader(call, response, deadline)
+                    await reader.aread(response.aiter_bytes())
+            except httpx.RequestError as exc:
+                raise self._transport_error(call, exc) from exc
+        return self._read(call, response, reader)
 
     def _async_client(self) -> httpx.AsyncClient:
         # An AsyncClient's connections belong to the loop that opened them; a new loop (asyncio.run per call,
@@ -734,6 +820,7 @@ class VLLMScorer(BaseModel):
                 import httpx
 
                 state.aclient = httpx.AsyncClient(**self._client_options())
+                _http.bound_client(state.aclient, is_async=True)
                 state.aclient_loop = weakref.ref(loop)
             return state.aclient
 
@@ -741,9 +828,13 @@ class VLLMScorer(BaseModel):
     def _client_options(self) -> dict[str, Any]:
         import httpx
 
-        headers = {"User-Agent": "qwen3-rerank-integrations", **self.headers}
+        self._register_secrets()  # again: model_copy(update=...) skips the validators that register them
+        headers = {"User-Agent": "qwen3-rerank-integrations"}
+        headers.update((name, value.get_secret_value()) for name, value in self.headers.items())
         if self.api_key is not None:
             headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        elif self.basic_auth is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(self.basic_auth.get_secret_value().encode()).decode()
         verify: bool | ssl.SSLContext = self.verify if isinstance(self.verify, bool) else ssl.create_default_context(
             cafile=self.verify
         )
@@ -751,7 +842,8 @@ class VLLMScorer(BaseModel):
             "base_url": self.base_url,
             "headers": headers,
             "verify": verify,
-            # pool=None: a request waiting for a free connection is not a timeout; the server's time is.
+            # pool=None: a request waiting for a free connection is not a timeout; the server's time is. Each
+            # socket operation is further cut to the request's deadline (_http.bound_client).
             "timeout": httpx.Timeout(self.timeout, pool=None),
             "limits": httpx.Limits(
                 max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
@@ -789,26 +881,44 @@ class VLLMScorer(BaseModel):
             "reraise": True,
         }
 
-    def _secrets(self) -> list[str]:
-        return [self.api_key.get_secret_value()] if self.api_key is not None else []
+    def _register_secrets(self) -> None:
+        """Have every error, report and log record of this process mask this scorer's secrets."""
+        _secrets.register(*(value.get_secret_value() for value in self.headers.values()))
+        if self.api_key is not None:
+            _secrets.register(self.api_key.get_secret_value())
+        if self.basic_auth is not None:
+            _secrets.register_basic_auth(*self.basic_auth.get_secret_value().split(":", 1))
 
-    def _read(self, call: Call, response: httpx.Response) -> Any:
+    def _body_reader(self, call: Call, response: httpx.Response, deadline: _http.Deadline) -> _http.BodyReader:
+        """A reader for this response's body: up to the size cap for a success, the first bytes of an error."""
+        success = 200 <= response.status_code < 300
+        sent = int(response.request.headers.get("content-length") or 0)
+        limit = _http.response_limit(self.max_response_bytes, sent) if success else _http.ERROR_BODY_BYTES
+        reader = _http.BodyReader(
+            limit, deadline, partial=not success, where=f"{call.method} {self.base_url}{call.path}",
+            setting=self.max_response_bytes,
+        )
+        reader.check_declared(response.headers)
+        return reader
+
+    def _read(self, call: Call, response: httpx.Response, reader: _http.BodyReader) -> Any:
         return protocol.read_response(
-            response.status_code,
-            response.headers,
-            response.content,
-            method=call.method,
-            url=self.base_url + call.path,
-            secrets=self._secrets(),
+            response.status_code, response.headers, reader.data, method=call.method, url=self.base_url + call.path
         )
 
-    def _transport_error(self, call: Call, exc: Exception) -> TransientError:
+    def _transport_error(self, call: Call, exc: Exception) -> Exception:
+        """The package's error for an httpx failure: transient (retried) unless the body could not be decoded."""
         import httpx
 
         where = f"{call.method} {self.base_url}{call.path}"
-        detail = protocol._redact(str(exc) or type(exc).__name__, self._secrets())
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.DecodingError):
+            return InvalidResponseError(f"{where} answered with a body that could not be decompressed: {detail}")
         if isinstance(exc, httpx.TimeoutException):
-            return TransientError(ServerTimeoutError(f"{where} timed out after {self.timeout:g}s ({detail})"))
+            return TransientError(ServerTimeoutError(
+                f"{where} timed out after {self.timeout:g}s (timeout= bounds the whole request, from connecting "
+                f"to the answer's last byte; {detail})"
+            ))
         return TransientError(ServerConnectionError(f"could not reach the vLLM server: {where} failed: {detail}"))
 
     def _get_local_tokenizer(self) -> Any:
@@ -1060,5 +1170,7 @@ def _context_from_models(body: Any, model: str | None) -> int | None:
 def _token_ids(body: Any) -> list[int]:
     tokens = body.get("tokens") if isinstance(body, dict) else None
     if not isinstance(tokens, list) or not all(protocol.is_int(t) for t in tokens):
-        raise InvalidResponseError(f"the server's /tokenize answer has no 'tokens' list of ints: {body!r:.300}")
+        raise InvalidResponseError(
+            f"the server's /tokenize answer has no 'tokens' list of ints: {_secrets.snippet(body)}"
+        )
     return tokens

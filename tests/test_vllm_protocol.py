@@ -127,9 +127,9 @@ def test_server_message_reads_every_error_format(body, message):
     assert protocol.server_message(raw) == message
 
 
-def _read(status, body=b"", headers=None, secrets=()):
+def _read(status, body=b"", headers=None):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return protocol.read_response(status, headers or {}, raw, method="POST", url="http://h/v1/rerank", secrets=secrets)
+    return protocol.read_response(status, headers or {}, raw, method="POST", url="http://h/v1/rerank")
 
 
 @pytest.mark.parametrize(
@@ -156,8 +156,9 @@ def test_retryable_statuses_are_transient(status, error_type):
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("0.25", 0.25), ("3", 3.0), ("-5", 0.0), ("99999", protocol.MAX_RETRY_AFTER_S), ("soon", None),
-     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+    [("0.25", 0.25), ("3", 3.0), ("99999", protocol.MAX_RETRY_AFTER_S), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+     # Garbage means no Retry-After (the backoff applies), never an exception or a NaN/endless wait.
+     ("-5", None), ("soon", None), ("nan", None), ("inf", None), ("1e12", None), ("", None)],
 )
 def test_retry_after_header(value, seconds):
     with pytest.raises(protocol.TransientError) as caught:
@@ -175,9 +176,32 @@ def test_hints_for_route_auth_and_context_errors():
 
 
 def test_secrets_are_redacted_from_server_messages():
+    from qwen3_rerank_integrations import _secrets
+
+    _secrets.register("sk-very-secret")  # what a scorer does with its key
     with pytest.raises(BadRequestError) as caught:
-        _read(400, {"message": "bad header: Bearer sk-very-secret"}, secrets=["sk-very-secret"])
+        _read(400, {"message": "bad header: Bearer sk-very-secret"})
     assert "sk-very-secret" not in str(caught.value) and "***" in caught.value.server_message
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_errors_naming_the_target(status):
+    with pytest.raises(ServerResponseError, match="not followed") as caught:
+        _read(status, b"", {"location": "http://user:pw-secret@other:9000/v1/rerank"})
+    assert caught.value.status_code == status
+    assert "http://other:9000/v1/rerank" in str(caught.value) and "pw-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "clean", "credentials"),
+    [("http://h:8000", "http://h:8000", None),
+     ("http://u:p%40ss@h:8000/v1", "http://h:8000/v1", ("u", "p@ss")),
+     ("https://token@h/x@y", "https://h/x@y", ("token", "")),
+     ("u:p@h:8000", "h:8000", ("u", "p"))],
+)
+def test_credentials_are_split_from_urls(url, clean, credentials):
+    assert protocol.split_credentials(url) == (clean, credentials)
+    assert protocol.display_url(url) == clean
 
 
 def test_non_json_success_is_invalid():

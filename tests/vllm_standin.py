@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 import weakref
@@ -43,6 +44,13 @@ FaultKind = Literal[
     "out_of_range_index",  # give one result an index past the end
     "nan_score",  # one score is NaN
     "string_score",  # one score is a JSON string
+    # Hostile servers (tests/test_hostile_server.py):
+    "trickle",  # answer 200 with a long Content-Length, then one space every `delay` seconds, without end
+    "trickle_headers",  # send the status line and headers one byte every `delay` seconds
+    "gzip_bomb",  # answer 200 with a gzip body of `size` zero bytes (about size/1000 bytes on the wire)
+    "echo_headers",  # answer `status` with `body`, "{headers}" in it replaced by the request's headers (JSON),
+    # "{authorization}" by its Authorization header; the response also echoes that header as X-Echo-Authorization
+    "redirect",  # answer `status` (give 301/302/307/308) with `Location: <location>`
 ]
 _MUTATIONS = {"shuffle", "missing_index", "duplicate_index", "out_of_range_index", "nan_score", "string_score"}
 
@@ -62,6 +70,8 @@ class Fault:
     body: Any = None  # replaces the error body for kind="status"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    size: int = 1 << 30  # gzip_bomb: inflated bytes
+    location: str = ""  # redirect target
 
 
 @dataclass
@@ -123,6 +133,7 @@ class VLLMStandIn:
         self.drop_final_newline = False
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hostile_bytes_sent = 0  # body bytes a trickle or gzip_bomb fault got onto the wire
 
     def inject(self, kind: FaultKind, **options: Any) -> Fault:
         """Script a fault for the next ``times`` matching requests (see :class:`Fault`)."""
@@ -296,6 +307,11 @@ class _Server(ThreadingHTTPServer):
     # dropped SYN costs a 1 s retransmit: a real server's backlog is larger.
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-answer is what several faults provoke; not worth a traceback.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
 
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str, kind: str) -> None:
@@ -320,6 +336,111 @@ def _mutate(kind: str, body: dict[str, Any]) -> None:
         items[0][key] = str(items[0][key])
 
 
+# ------------------------------------------------------------------------------------------------ hostile faults
+_TRICKLE_FOR_S = 20.0  # a trickle stops after this long even if the client never hangs up
+
+
+def _trickle(handler: Any, fault: Fault, headers: dict[str, str]) -> None:
+    handler.close_connection = True
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(10**6))  # under any size cap: only time can stop it
+    handler.end_headers()
+    handler.wfile.flush()
+    _drip(handler, b" " * 10**6, fault.delay)
+
+
+def _trickle_headers(handler: Any, fault: Fault, headers: dict[str, str]) -> None:
+    handler.close_connection = True
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"x" * 10**5 + b"\r\n\r\n"
+    _drip(handler, head, fault.delay)
+
+
+def _drip(handler: Any, data: bytes, delay: float) -> None:
+    """Write ``data`` one byte every ``delay`` seconds until the client hangs up (or _TRICKLE_FOR_S)."""
+    stop = time.monotonic() + _TRICKLE_FOR_S
+    for byte in data:
+        if time.monotonic() > stop:
+            return
+        try:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+        except OSError:
+            return
+        handler.server_ref.hostile_bytes_sent += 1
+        time.sleep(delay)
+
+
+_BOMBS: dict[int, bytes] = {}
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A gzip member of ``size`` zero bytes (a multiple of 1 MiB), built in well under a second: with a full
+    flush after each MiB every block compresses to the same bytes, so one block is repeated."""
+    if size not in _BOMBS:
+        import struct
+        import zlib
+
+        block, count = bytes(1 << 20), size >> 20
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+        piece = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+        crc = 0
+        for _ in range(count):
+            crc = zlib.crc32(block, crc)
+        header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+        _BOMBS[size] = header + piece * count + deflate.flush() + struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return _BOMBS[size]
+
+
+def _gzip_bomb(handler: Any, fault: Fault, headers: dict[str, str]) -> None:
+    data = gzip_bomb(fault.size)
+    handler.close_connection = True
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Encoding", "gzip")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    for start in range(0, len(data), 1 << 14):
+        try:
+            handler.wfile.write(data[start : start + (1 << 14)])
+        except OSError:  # the client hung up: the point of the test
+            return
+        handler.server_ref.hostile_bytes_sent += len(data[start : start + (1 << 14)])
+
+
+def _echo_headers(handler: Any, fault: Fault, headers: dict[str, str]) -> None:
+    echo, authorization = json.dumps(headers), headers.get("authorization", "")
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{headers}", echo).replace("{authorization}", authorization)
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    if isinstance(fault.body, bytes):
+        body = fault.body.replace(b"{headers}", echo.encode()).replace(b"{authorization}", authorization.encode())
+    else:
+        body = fill(fault.body)
+    handler._send(fault.status, body, {"X-Echo-Authorization": authorization, **fault.headers})
+
+
+def _redirect(handler: Any, fault: Fault, headers: dict[str, str]) -> None:
+    status = fault.status if 300 <= fault.status < 400 else 307
+    handler._send(status, {"detail": "moved"}, {"Location": fault.location, **fault.headers})
+
+
+_HOSTILE: dict[str, Callable[[Any, Fault, dict[str, str]], None]] = {
+    "trickle": _trickle,
+    "trickle_headers": _trickle_headers,
+    "gzip_bomb": _gzip_bomb,
+    "echo_headers": _echo_headers,
+    "redirect": _redirect,
+}
+
+
 def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like uvicorn
@@ -327,6 +448,7 @@ def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
         # the client's delayed ACK adds ~40 ms to every request.
         disable_nagle_algorithm = True
         wbufsize = 1 << 16
+        server_ref = server
 
         def log_message(self, *args: Any) -> None:  # quiet
             pass
@@ -372,6 +494,8 @@ def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
                 return self._send(fault.status, body, fault.headers)
             if fault is not None and fault.kind == "non_json":
                 return self._send(200, b"<html><body>502 Bad Gateway</body></html>", {}, "text/html")
+            if fault is not None and fault.kind in _HOSTILE:
+                return _HOSTILE[fault.kind](self, fault, headers)
             if isinstance(body, bytes):
                 return self._send(400, server.error_body(400, "invalid JSON", "BadRequestError"), {})
             try:
