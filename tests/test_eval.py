@@ -26,6 +26,7 @@ from qwen3_rerank_integrations.evaluation import (
     read_run,
     run_evaluation,
 )
+from tests.test_engine import fake_vllm  # noqa: F401  (the stand-in vllm module, a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 BEIR_MINI = ROOT / "examples" / "beir_mini"
@@ -557,3 +558,22 @@ def test_vllm_backend_reranks_with_the_servers_official_scores_and_caches_them(t
     assert result.exit_code == 0, result.output
     assert vllm_legacy_server.scoring_requests() == [] and "scored 0 of 60 pairs" in result.stderr
     assert output_files(out) == written
+
+
+# ------------------------------------------------------------------------------------------------ engine backend
+def test_engine_backend_through_the_python_api(tmp_path, fake_vllm, tiny_model_dir):
+    from qwen3_rerank_integrations.engine import VLLMEngineScorer
+    from tests.test_engine import FakeLLM
+
+    first = hashed_first_stage(tmp_path / "first.trec")
+    config = EvalConfig(data=BEIR_MINI, output=tmp_path / "out", run_file=first, top_k=[3])
+    report = run_evaluation(config, VLLMEngineScorer(str(tiny_model_dir), dtype="float32", max_length=2048))
+    assert report.pairs_scored == 60 and sum(len(llm.prompts) for llm in FakeLLM.created) == 60
+    # The stand-in engine answers (prompt length % 97) / 97: each file score is one of those, best first.
+    for documents in by_query(trec_lines(tmp_path / "out" / "runs" / "rerank.trec")).values():
+        assert all(round(score * 97) == pytest.approx(score * 97) for _, score in documents)
+        assert documents == trec_eval_order(documents)
+
+    FakeLLM.created.clear()
+    again = run_evaluation(config, VLLMEngineScorer(str(tiny_model_dir), dtype="float32", max_length=2048))
+    assert again.pairs_scored == 0 and sum(len(llm.prompts) for llm in FakeLLM.created) == 0
