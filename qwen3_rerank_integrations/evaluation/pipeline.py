@@ -317,8 +317,10 @@ def run_evaluation(
 
     Args:
         config: the data, first stage, instructions, depths and measures.
-        scorer: what reranks: a LocalScorer, a VLLMScorer, or any object with ``score()``.
+        scorer: what reranks: a LocalScorer, a VLLMScorer, a VLLMEngineScorer, or any Scorer.
         cache: persist scores in ``OUTPUT/score-cache`` and reuse them (resume); False scores everything anew.
+            The cache keys scores by the scorer's ``cache_identity()``, which the package's scorers have; wrap
+            another scorer in ``CachedScorer(scorer=..., identity={...})`` first, or pass False.
         progress: progress bars (embedding, reranking) on stderr.
         log: where notices go (a reused first stage, queries without candidates); default nowhere.
 
