@@ -99,6 +99,16 @@ def test_rerank_table_fits_a_narrow_terminal(tmp_path, tiny_model_dir, reference
         assert text == original or (text.endswith("…") and original.startswith(text[:-1].rstrip()))
 
 
+def test_rerank_with_a_model_folder_without_tokenizer_files_fails_in_one_line(tmp_path, tiny_model_dir):
+    # Once a ZeroDivisionError traceback from the scoring loop (transformers builds an empty tokenizer).
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("tokenizer*", "vocab.json", "merges.txt"))
+    path = tmp_path / "docs.txt"
+    path.write_text("Beijing\n", "utf-8")
+    result = invoke("rerank", QUERY, path, *local_args(folder))
+    assert_one_line_error(result, 3, "has no tokenizer files", "huggingface-cli download")
+
+
 def vllm_args(server, *extra: str) -> list[str]:
     return ["--backend", "vllm", "--base-url", server.base_url, "--max-retries", "0", *extra]
 
@@ -350,6 +360,7 @@ def test_bench_errors_exit_with_one_line(monkeypatch, tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------------------------ installed script
+@pytest.mark.slow
 def test_installed_console_script(tmp_path, vllm_legacy_server, reference_scorer):
     # Against the vLLM stand-in, so the child process needs no torch and starts fast.
     script = shutil.which("qwen3-rerank")

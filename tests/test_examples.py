@@ -87,6 +87,7 @@ def assert_matches(rows, printed, expected, top_n):
         assert " ".join(row.text.split()).startswith(text.rstrip("…"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("pipeline", "top_k", "top_n", "instruction"),
     [("langchain_two_stage", 8, 3, None), ("llama_index_two_stage", 10, 4, SECURITY_INSTRUCTION)],
@@ -104,6 +105,7 @@ def test_pipeline_local_backend(examples_module, capsys, tiny_model_dir, minilm_
     assert_matches(rows, parse_table(output), expected, top_n)
 
 
+@pytest.mark.slow
 def test_readme_command_works_with_defaults(examples_module, capsys, monkeypatch, tmp_path, tiny_model_dir,
                                            minilm_dir, reference_scorer):
     """`python examples/langchain_two_stage.py` with no flags: the default hub ids resolve through the hub
@@ -126,6 +128,7 @@ def test_readme_command_works_with_defaults(examples_module, capsys, monkeypatch
     assert_matches(rows, parse_table(output), expected, 5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("pipeline", "server", "template", "instruction"),
     [
@@ -147,6 +150,7 @@ def test_pipeline_vllm_backend(request, examples_module, capsys, minilm_dir, ref
     assert_matches(rows, parse_table(output), expected, 2)
 
 
+@pytest.mark.slow
 def test_quickstart_ranks_its_documents(examples_module, capsys, tiny_model_dir, reference_scorer):
     quickstart = examples_module("quickstart")
     assert quickstart.main(["--model", str(tiny_model_dir), "--device", "cpu"]) == 0
@@ -190,6 +194,7 @@ def closed_port_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once the socket closes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", PIPELINES)
 @pytest.mark.parametrize(
     ("flags", "fragments"),
@@ -208,6 +213,7 @@ def test_bad_flags_fail_in_one_line(script, flags, fragments):
     assert_one_line_error(run_script(script, *flags), *fragments)
 
 
+@pytest.mark.slow
 def test_unreachable_base_url_fails_in_one_line():
     # One script is enough: both reach the server through _pipeline_common.prepare_scorer.
     url = closed_port_url()
@@ -215,6 +221,20 @@ def test_unreachable_base_url_fails_in_one_line():
     assert_one_line_error(result, "vLLM server cannot be used", "could not reach")
 
 
+@pytest.mark.slow
 def test_quickstart_missing_model_folder_fails_in_one_line(tmp_path):
     missing = str(tmp_path / "no-model-here")
     assert_one_line_error(run_script("quickstart", "--model", missing, "--device", "cpu"), missing)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["quickstart", "langchain_two_stage"])
+def test_a_model_folder_without_tokenizer_files_fails_in_one_line(tmp_path, tiny_model_dir, minilm_dir, script):
+    # Once a ZeroDivisionError traceback from deep in the scoring loop.
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("tokenizer*", "vocab.json", "merges.txt"))
+    flags = ["--model", str(folder)] if script == "quickstart" else [
+        "--rerank-model", str(folder), "--embed-model", str(minilm_dir), "--query", "q"]
+    assert_one_line_error(run_script(script, *flags, "--device", "cpu"), "has no tokenizer files", "--local-dir")

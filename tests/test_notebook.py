@@ -70,6 +70,7 @@ def test_notebook_is_saved_without_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["LOCAL", "VLLM"])
 def test_notebook_runs_and_reranks_like_the_reference(executed, minilm_dir, reference_scorer, backend):
     notebook, _ = executed
@@ -83,6 +84,7 @@ def test_notebook_runs_and_reranks_like_the_reference(executed, minilm_dir, refe
     assert all(f"[{i}] {row[0]}" in result["prompt"] for i, row in enumerate(expected, start=1))
 
 
+@pytest.mark.slow
 def test_notebook_prints_the_table(executed):
     notebook, cell_count = executed
     local = probed(notebook, "LOCAL")

@@ -1,7 +1,8 @@
 """examples/webui.py served on 127.0.0.1 and used through headless Chromium, as a person would: type a query and
 documents, press Rerank, read the ranked rows. Screenshots go to $TEST_ARTIFACTS_DIR (default artifacts/).
 
-Needs Debian's chromium and chromium-driver (.ci/run installs them); without them the tests fail, not skip.
+The page tests (marker ``browser``) need Debian's chromium and chromium-driver: without them they skip with the
+reason, except where QWEN3_RERANK_REQUIRE names "browser" (.ci/run, which installs them), where they fail.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
 from tests.test_examples import EXAMPLES, assert_one_line_error, closed_port_url, corpus_texts, run_script
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or Path(__file__).resolve().parents[1] / "artifacts")
@@ -27,8 +29,9 @@ STARTUP_SECONDS = 240  # importing gradio and torch on a busy 2-core machine
 def browser_binaries() -> tuple[str, str]:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.fail("the web page test needs Debian's chromium and chromium-driver: "
-                    "apt-get install chromium chromium-driver (.ci/run installs them when missing)")
+        skip_or_fail("browser", "the web page tests need Debian's chromium and chromium-driver: "
+                     "apt-get install chromium chromium-driver (.ci/run installs them when missing)")
+    assert chromium and driver  # skip_or_fail never returns
     return chromium, driver
 
 
@@ -156,6 +159,8 @@ def assert_ranked_like_reference(rows, ranking_scores, texts, top_n, reference_s
         assert shown == f"{score:.4f}"
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_typed_documents_ranked_by_the_vllm_server(page_url, browser, reference_scorer):
     documents = [
         "Most server data theft starts with stolen or weak credentials.",
@@ -175,6 +180,8 @@ def test_typed_documents_ranked_by_the_vllm_server(page_url, browser, reference_
     screenshot(browser, "webui_typed_documents_vllm.png")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_bundled_corpus_ranked_by_the_local_model(page_url, browser, local_scorer, reference_scorer):
     query = "Which passages explain how servers get broken into?"
     open_page(browser, page_url)
@@ -194,6 +201,8 @@ def test_bundled_corpus_ranked_by_the_local_model(page_url, browser, local_score
     screenshot(browser, "webui_bundled_corpus_local.png")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_empty_query_is_refused_on_the_page(page_url, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -205,6 +214,7 @@ def test_empty_query_is_refused_on_the_page(page_url, browser):
     assert not browser.find_elements(By.CSS_SELECTOR, "#results .rerank-row")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "fragments"),
     [(["--rerank-model", "/no/such/reranker"], ["--rerank-model", "no such folder"]),
