@@ -64,7 +64,7 @@ __all__ = [
     "score_keys",
     "key_instruction",
     "model_revision",
-    "pinned_identity",
+    "model_identity",
     "folder_fingerprint",
     "public_url",
 ]
@@ -178,10 +178,25 @@ def model_revision(
     return None
 
 
-def pinned_identity(weights: object | None, resolve: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``resolve()`` for a scorer whose weights are not loaded; once they are, the first identity resolved
-    after loading stays with that weights object, so replacing the files later never relabels the scores of
-    the weights still in memory."""
+def model_identity(
+    weights: object | None, locate: Callable[[], str], revision: str | None = None, cache_dir: str | None = None
+) -> dict[str, Any]:
+    """``{"model": absolute folder or hub id, "revision": model_revision(...)}`` of a scorer that loads weights.
+
+    ``weights`` is the scorer's loaded model (None before loading) and ``locate`` its own resolution of the
+    model (a local folder, or a hub id). Once weights are loaded, the first identity resolved after loading
+    stays with that weights object, so replacing the files later never relabels the scores of the weights
+    still in memory.
+    """
+
+    def resolve() -> dict[str, Any]:
+        location = locate()
+        local = os.path.isdir(location)
+        return {
+            "model": os.path.abspath(location) if local else location,
+            "revision": model_revision(location, revision, cache_dir, required=weights is not None),
+        }
+
     if weights is None:
         return resolve()
     with _pinned_lock:

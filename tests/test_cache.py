@@ -219,6 +219,43 @@ def test_folder_fingerprint_changes_with_config_weights_and_tokenizer(tiny_model
     assert folder_fingerprint(folder) in seen
 
 
+def test_engine_scorer_identity_parts(tiny_model_dir, tmp_path):
+    from qwen3_rerank_integrations.engine import VLLMEngineScorer
+
+    base = VLLMEngineScorer(str(tiny_model_dir), max_length=512, engine_kwargs={"enforce_eager": True})
+    identity = base.cache_identity()  # never starts an engine or imports vllm
+    assert not base.loaded
+    assert identity["backend"] == "vllm-engine" and identity["model"] == os.path.abspath(tiny_model_dir)
+    assert identity["revision"] == "sha256:" + folder_fingerprint(tiny_model_dir)
+    assert (identity["dtype"], identity["max_length"], identity["engine_kwargs"]) == ("auto", 512, {"enforce_eager": True})
+    assert identity != LocalScorer(str(tiny_model_dir), max_length=512).cache_identity()
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    variants = {
+        "model": VLLMEngineScorer(str(copy), max_length=512, engine_kwargs={"enforce_eager": True}),
+        "dtype": VLLMEngineScorer(str(tiny_model_dir), dtype="float32", max_length=512,
+                                  engine_kwargs={"enforce_eager": True}),
+        "max_length": VLLMEngineScorer(str(tiny_model_dir), max_length=1024, engine_kwargs={"enforce_eager": True}),
+        "engine_kwargs": VLLMEngineScorer(str(tiny_model_dir), max_length=512,
+                                          engine_kwargs={"enforce_eager": True, "kv_cache_dtype": "fp8"}),
+    }
+    for name, scorer in variants.items():
+        assert scorer.cache_identity()[name] != identity[name], name
+
+    class Engine:  # stands in for a running vllm.LLM: the revision it loaded stays with it
+        pass
+
+    base._llm = Engine()
+    assert base.cache_identity() == identity
+    moved = VLLMEngineScorer(str(copy), max_length=512, engine_kwargs={"enforce_eager": True})
+    moved._llm = Engine()
+    before = moved.cache_identity()
+    config = copy / "config.json"
+    config.write_text(config.read_text() + " ")  # the files change under the running engine
+    assert moved.cache_identity() == before  # it still holds the weights it loaded
+    assert VLLMEngineScorer(str(copy), max_length=512, engine_kwargs={"enforce_eager": True}).cache_identity() != before
+
+
 def test_hub_revision_is_the_cached_snapshot_commit(tmp_path):
     repo = tmp_path / "models--acme--reranker"
     commit_a, commit_b = "a" * 40, "b" * 40
@@ -240,11 +277,12 @@ def test_hub_revision_is_the_cached_snapshot_commit(tmp_path):
 
 
 def test_vllm_scorer_identity_parts_and_no_secrets():
-    base = VLLMScorer("http://user:hunter2@host:8000/v1", api_key="sk-secret", max_length=512,
-                      model="qwen3-reranker")
+    base = VLLMScorer("http://host:8000/v1", api_key="sk-secret", max_length=512, model="qwen3-reranker")
     identity = base.cache_identity()  # max_length given: no request needed
     assert identity == {"backend": "vllm", "base_url": "http://host:8000", "model": "qwen3-reranker",
                         "template": "client", "route": "rerank", "max_length": 512, "context": 512}
+    with_password = VLLMScorer("http://user:hunter2@host:8000", api_key=None, max_length=512, model="qwen3-reranker")
+    assert with_password.cache_identity() == identity  # credentials reach the server, not the scores
     assert not any(secret in json.dumps(identity) for secret in ("hunter2", "sk-secret", "user"))
     settings = {"base_url": "http://host:8000", "api_key": "sk-secret", "max_length": 512, "model": "qwen3-reranker"}
     variants = {
