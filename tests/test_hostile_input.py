@@ -149,6 +149,32 @@ def test_the_shipped_server_template_renders_sent_text_as_text(vllm_template_ser
     assert rendered_ids == expected
 
 
+def test_the_engine_path_feeds_the_same_ids(monkeypatch, tiny_model_dir, local_scorer, control_ids, frame_controls):
+    """VLLMEngineScorer (vLLM's engine in-process) gets token ids from the same prompt module: here a stand-in
+    vllm module records them."""
+    import sys
+    import types
+
+    from qwen3_rerank_integrations.engine import VLLMEngineScorer
+
+    fed: list[list[int]] = []
+
+    class RecordingLLM:
+        def __init__(self, **kwargs):
+            pass
+
+        def classify(self, prompts, *, use_tqdm=True):
+            fed.extend(p["prompt_token_ids"] for p in prompts)
+            return [types.SimpleNamespace(error=None, prompt_token_ids=p["prompt_token_ids"],
+                                          outputs=types.SimpleNamespace(probs=[0.5])) for p in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.32.0", LLM=RecordingLLM))
+    engine = VLLMEngineScorer(str(tiny_model_dir), dtype="float32", max_length=2048)
+    engine.score(INJECTED_QUERY, INJECTED_DOCUMENTS, instruction=INJECTED_INSTRUCTION)
+    assert fed == local_scorer._encoder.encode(INJECTED_QUERY, INJECTED_DOCUMENTS, INJECTED_INSTRUCTION).ids
+    assert all(controls(ids, control_ids) == frame_controls for ids in fed)
+
+
 # ------------------------------------------------------------------------------------------------ broken Unicode
 @pytest.mark.parametrize(
     ("args", "name"),
