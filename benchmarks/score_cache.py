@@ -53,7 +53,9 @@ EXTRA_QUERIES = [
 ]
 
 
-def load_workload(requests: int, distinct: int, top_k: int, zipf: float, jitter: float, seed: int) -> list[tuple[str, list[str]]]:
+def load_workload(
+    requests: int, distinct: int, top_k: int, zipf: float, jitter: float, seed: int
+) -> list[tuple[str, list[str]]]:
     """(query, candidates) per request."""
     corpus = [json.loads(line)["text"] for line in (ROOT / "examples/corpus.jsonl").read_text().splitlines() if line]
     beir = [json.loads(line)["text"] for line in (ROOT / "examples/beir_mini/queries.jsonl").read_text().splitlines()]
@@ -114,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--distinct", type=int, default=40, help="distinct queries (at most 40)")
     parser.add_argument("--top-k", type=int, default=20, help="candidates reranked per request")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of query popularity")
-    parser.add_argument("--jitter", type=float, default=0.003, help="first-stage score noise per request (0: same candidates)")
+    parser.add_argument(
+        "--jitter", type=float, default=0.003, help="first-stage score noise per request (0: the same candidates)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
     args = parser.parse_args(argv)

@@ -97,26 +97,27 @@ def score_keys(identity: Identity, instruction: str | None, query: str, document
 
 
 def _canonical(value: Any) -> bytes:
-    def check(item: Any, where: str) -> Any:
-        if item is None or isinstance(item, (str, bool, int)):
-            return item
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                raise ValueError(f"cache identity {where} is {item!r}; only finite numbers can be keyed")
-            return item
-        if isinstance(item, Mapping):
-            for key in item:
-                if not isinstance(key, str):  # JSON would turn 1 and "1" into the same key
-                    raise TypeError(f"cache identity {where} has a non-str key {key!r}")
-            return {key: check(v, f"{where}[{key!r}]") for key, v in item.items()}
-        if isinstance(item, (list, tuple)):
-            return [check(v, f"{where}[{i}]") for i, v in enumerate(item)]
-        raise TypeError(
-            f"cache identity {where} is a {type(item).__name__}; use str, int, float, bool, None, lists and dicts"
-        )
+    """One byte string per value: sorted keys, no spaces, ASCII; what JSON cannot tell apart is refused."""
+    return json.dumps(_jsonable(value, "key"), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
-    checked = check(value, "")
-    return json.dumps(checked, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+def _jsonable(item: Any, where: str) -> Any:
+    if item is None or isinstance(item, (str, bool, int)):
+        return item
+    if isinstance(item, float):
+        if not math.isfinite(item):
+            raise ValueError(f"{where} is {item!r}: a cache key holds finite numbers only")
+        return item
+    if isinstance(item, Mapping):
+        for key in item:
+            if not isinstance(key, str):  # JSON would turn 1 and "1" into the same key
+                raise TypeError(f"{where} has the non-str key {key!r}: a cache key holds str keys only")
+        return {key: _jsonable(value, f"{where}[{key!r}]") for key, value in item.items()}
+    if isinstance(item, (list, tuple)):
+        return [_jsonable(value, f"{where}[{i}]") for i, value in enumerate(item)]
+    raise TypeError(
+        f"{where} is a {type(item).__name__}: a cache key holds str, int, float, bool, None, lists and dicts only"
+    )
 
 
 def public_url(url: str) -> str:
@@ -507,7 +508,8 @@ class ByteStoreScoreCache(ScoreCache):
 
     @model_validator(mode="after")
     def _check_store(self) -> ByteStoreScoreCache:
-        missing = [name for name in ("mget", "mset", "mdelete", "yield_keys") if not callable(getattr(self.store, name, None))]
+        needed = ("mget", "mset", "mdelete", "yield_keys")
+        missing = [name for name in needed if not callable(getattr(self.store, name, None))]
         if missing:
             raise TypeError(
                 f"store must be a LangChain ByteStore; {type(self.store).__name__} has no {', '.join(missing)}"
@@ -699,7 +701,7 @@ class CachedScorer(BaseModel):
                 "configurations apart: pass identity={...} naming its model, revision and settings"
             )
         if self.identity is not None:
-            _canonical(self.identity)  # a bad identity fails here, not on the first call
+            _jsonable(self.identity, "identity")  # a bad identity fails here, not on the first call
         return self
 
     @property
