@@ -154,6 +154,8 @@ def test_read_documents_formats(tmp_path):
         (["rerank", QUERY, "-"], "\n  \n", 2, "no documents in stdin"),
         (["rerank", QUERY, "-", "--input-format", "jsonl"], '{"text": "a"}\n{"title": "b"}\n', 2, "line 2"),
         (["rerank", QUERY, "-", "--input-format", "jsonl"], '{"text": "a"}\n{oops\n', 2, "line 2 is not valid JSON"),
+        (["rerank", QUERY, "-", "--input-format", "jsonl"], '{"text": "a"}\n{"text": "b \\ud800"}\n', 2,
+         "documents[1] is not valid Unicode text: a lone surrogate U+D800"),
         (["rerank", QUERY, "-", "--model", "{tmp}/no-such-model"], "doc\n", 3, "no such folder"),
         (["rerank", QUERY, "-", "--base-url", "http://localhost:9"], "doc\n", 2,
          "--base-url only apply to --backend vllm"),
