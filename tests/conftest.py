@@ -186,6 +186,7 @@ def real_vllm_servers(vllm_python, tiny_model_dir, tmp_path_factory):
     pool = VLLMServerPool(vllm_python, tiny_model_dir, tmp_path_factory.mktemp("vllm-logs"))
     yield pool
     pool.stop_all()
+    print(f"\nreal vLLM servers, seconds from launch to healthy: {pool.startup_s}")
 
 
 @pytest.fixture

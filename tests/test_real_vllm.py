@@ -20,7 +20,6 @@ import pytest
 
 from qwen3_rerank_integrations import LocalScorer, VLLMScorer
 from qwen3_rerank_integrations.errors import InvalidResponseError
-from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE
 from tests.real_vllm import (
     RERANKER_ARGS,
     VLLMServerError,
