@@ -81,8 +81,10 @@ class VLLMEngineScorer(BaseModel):
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
+        repr=False,  # may hold a secret (hf_token)
         description="More vllm.LLM(...) arguments, e.g. gpu_memory_utilization, tensor_parallel_size, "
-        "enforce_eager, max_model_len. The reranker recipe and safety settings cannot be overridden.",
+        "enforce_eager, max_model_len (hidden from repr). The reranker recipe and safety settings cannot be "
+        "overridden.",
     )
 
     _tokenizer_host: LocalScorer | None = PrivateAttr(None)

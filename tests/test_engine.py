@@ -165,6 +165,12 @@ def test_engine_context_must_hold_max_length():
     VLLMEngineScorer(max_length=2048, engine_kwargs={"max_model_len": 4096})
 
 
+def test_repr_hides_engine_kwargs_which_may_hold_a_token():
+    scorer = VLLMEngineScorer("m", engine_kwargs={"hf_token": "hf_s3cret"})
+    assert "hf_s3cret" not in repr(scorer) and "hf_s3cret" not in str(scorer)
+    assert "model='m'" in repr(scorer)
+
+
 def test_model_positionally_or_by_keyword_not_both():
     assert VLLMEngineScorer("m").model == "m" == VLLMEngineScorer(model="m").model
     with pytest.raises(TypeError, match="both positionally and as model="):

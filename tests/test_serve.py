@@ -14,7 +14,6 @@ import queue
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import types
@@ -80,6 +79,7 @@ def test_old_vllm_command_line_without_template_and_with_options(tmp_path):
     [(["--api-key", "k"], "--api-key is not passed through: set the VLLM_API_KEY"),
      (["--api_key=k"], "--api-key is not passed through"),
      (["--trust-remote-code"], "--trust-remote-code is not passed through"),
+     (["--hf-token=hf_x"], "--hf-token is not passed through: set the HF_TOKEN"),
      (["--model", "other"], "--model is set by serve"),
      (["--runner", "generate"], "--runner is set by serve"),
      (["--task=embed"], "--task is set by serve"),
