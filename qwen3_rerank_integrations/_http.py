@@ -65,14 +65,16 @@ class Deadline:
             raise httpx.ReadTimeout(f"the request took longer than timeout={self.seconds:g}s")
 
 
-def _bound(timeout: float | None, error: type[Exception]) -> float | None:
-    """``timeout`` cut to the current request's time left; ``error`` once none is left."""
+def _bound(timeout: float | None, error: str) -> float | None:
+    """``timeout`` cut to the current request's time left; httpcore's ``error`` (a name) once none is left."""
     deadline = _CURRENT.get()
     if deadline is None:
         return timeout
     left = deadline.left()
     if left <= 0:
-        raise error(f"the request took longer than timeout={deadline.seconds:g}s")
+        import httpcore
+
+        raise getattr(httpcore, error)(f"the request took longer than timeout={deadline.seconds:g}s")
     return left if timeout is None else min(timeout, left)
 
 
@@ -161,12 +163,6 @@ def bound_client(client: Any, *, is_async: bool) -> bool:
     return wrapped
 
 
-def _errors() -> Any:
-    import httpcore
-
-    return httpcore
-
-
 class _Stream:
     """A sync network stream whose every operation waits at most until the request's deadline."""
 
@@ -174,20 +170,20 @@ class _Stream:
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(min(max_bytes, READ_BYTES), _bound(timeout, _errors().ReadTimeout))
+        return self._inner.read(min(max_bytes, READ_BYTES), _bound(timeout, "ReadTimeout"))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         # In pieces, each with the time then left: httpcore sends one write in a loop of sends, each with the
         # full timeout, so a server reading a byte at a time could stretch one large write for ever.
         for start in range(0, len(buffer), READ_BYTES):
-            self._inner.write(buffer[start : start + READ_BYTES], _bound(timeout, _errors().WriteTimeout))
+            self._inner.write(buffer[start : start + READ_BYTES], _bound(timeout, "WriteTimeout"))
 
     def close(self) -> None:
         self._inner.close()
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
         # CPython bounds the whole handshake by the socket timeout it starts with.
-        bounded = _bound(timeout, _errors().ConnectTimeout)
+        bounded = _bound(timeout, "ConnectTimeout")
         return _Stream(self._inner.start_tls(ssl_context, server_hostname, bounded))
 
     def get_extra_info(self, info: str) -> Any:
@@ -200,11 +196,11 @@ class _Backend:
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Any = None) -> _Stream:
-        bounded = _bound(timeout, _errors().ConnectTimeout)
+        bounded = _bound(timeout, "ConnectTimeout")
         return _Stream(self._inner.connect_tcp(host, port, bounded, local_address, socket_options))
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> _Stream:
-        bounded = _bound(timeout, _errors().ConnectTimeout)
+        bounded = _bound(timeout, "ConnectTimeout")
         return _Stream(self._inner.connect_unix_socket(path, bounded, socket_options))
 
     def sleep(self, seconds: float) -> None:
@@ -218,17 +214,17 @@ class _AsyncStream:
         self._inner = inner
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(min(max_bytes, READ_BYTES), _bound(timeout, _errors().ReadTimeout))
+        return await self._inner.read(min(max_bytes, READ_BYTES), _bound(timeout, "ReadTimeout"))
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, _bound(timeout, _errors().WriteTimeout))
+        await self._inner.write(buffer, _bound(timeout, "WriteTimeout"))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                         timeout: float | None = None) -> _AsyncStream:
-        bounded = _bound(timeout, _errors().ConnectTimeout)
+        bounded = _bound(timeout, "ConnectTimeout")
         return _AsyncStream(await self._inner.start_tls(ssl_context, server_hostname, bounded))
 
     def get_extra_info(self, info: str) -> Any:
@@ -241,12 +237,12 @@ class _AsyncBackend:
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None, socket_options: Any = None) -> _AsyncStream:
-        bounded = _bound(timeout, _errors().ConnectTimeout)
+        bounded = _bound(timeout, "ConnectTimeout")
         return _AsyncStream(await self._inner.connect_tcp(host, port, bounded, local_address, socket_options))
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Any = None) -> _AsyncStream:
-        bounded = _bound(timeout, _errors().ConnectTimeout)
+        bounded = _bound(timeout, "ConnectTimeout")
         return _AsyncStream(await self._inner.connect_unix_socket(path, bounded, socket_options))
 
     async def sleep(self, seconds: float) -> None:

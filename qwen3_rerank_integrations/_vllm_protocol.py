@@ -242,7 +242,7 @@ def read_response(
             ) from None
     if 300 <= status < 400:
         location = headers.get("location")
-        target = f"a redirect to {display_url(location)!r}" if location else "a redirect without a Location"
+        target = f"a redirect to {snippet(repr(display_url(location)))}" if location else "a redirect, no Location"
         raise ServerResponseError(
             f"{method} {url} answered HTTP {status}, {target}. Redirects are not followed, so the API key and "
             "the documents never go to another address: if you trust it, make that address the base_url.",

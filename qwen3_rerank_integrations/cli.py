@@ -237,7 +237,10 @@ def _template_option(**extra: Any) -> Any:
 
 
 def _timeout_option(**extra: Any) -> Any:
-    return typer.Option(min=0.001, help="Seconds to wait for each HTTP request.", **extra)
+    return typer.Option(
+        min=0.001, help="Seconds each HTTP request may take in all, from connecting to the answer's last byte.",
+        **extra,
+    )
 
 
 def _retries_option(**extra: Any) -> Any:

@@ -885,7 +885,8 @@ class VLLMScorer(BaseModel):
         """Have every error, report and log record of this process mask this scorer's secrets."""
         _secrets.register(*(value.get_secret_value() for value in self.headers.values()))
         if self.api_key is not None:
-            _secrets.register(self.api_key.get_secret_value())
+            key = self.api_key.get_secret_value()
+            _secrets.register(key, f"Bearer {key}")  # the header's form is masked even for a short key
         if self.basic_auth is not None:
             _secrets.register_basic_auth(*self.basic_auth.get_secret_value().split(":", 1))
 

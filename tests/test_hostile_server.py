@@ -166,6 +166,18 @@ def test_error_bodies_are_read_only_in_part(vllm_legacy_server):
         scorer.score(QUERY, DOCS)
 
 
+async def test_a_body_that_does_not_decompress_is_an_invalid_response(vllm_legacy_server):
+    """httpx's DecodingError is not a transport error: it must still come out as the package's own error."""
+    vllm_legacy_server.inject("echo_headers", status=200, body=b"not gzip at all", times=2,
+                              headers={"Content-Encoding": "gzip"})
+    with scorer_for(vllm_legacy_server) as scorer:
+        with pytest.raises(InvalidResponseError, match="could not be decompressed"):
+            scorer.score(QUERY, DOCS)
+        with pytest.raises(InvalidResponseError, match="could not be decompressed"):
+            await scorer.ascore(QUERY, DOCS)
+    assert len(vllm_legacy_server.scoring_requests()) == 2  # not retried
+
+
 def test_max_response_bytes_must_be_positive():
     with pytest.raises(ValueError, match="max_response_bytes"):
         VLLMScorer("http://localhost:8000", max_response_bytes=0)
