@@ -132,7 +132,7 @@ def check_reranker_args(args: argparse.Namespace) -> None:
     elif not args.base_url:
         raise UsageError("--backend vllm needs --base-url, e.g. --base-url http://localhost:8000")
     if args.base_url and not args.base_url.startswith(("http://", "https://")):
-        raise UsageError(f"--base-url must start with http:// or https://, got {args.base_url!r}")
+        raise UsageError(f"--base-url must start with http:// or https://, got {display_url(args.base_url)!r}")
 
 
 def check_model_location(flag: str, value: str) -> None:
