@@ -127,6 +127,20 @@ async def test_vllm_paths_score_injected_text_like_local(request, server_name, t
         assert all(controls(ids, control_ids) == frame_controls for ids in prompts)
 
 
+@pytest.mark.vllm
+@pytest.mark.parametrize(("server_fixture", "template"), [("real_vllm_legacy", "client"), ("real_vllm_ours", "server")])
+async def test_real_vllm_scores_injected_text_like_local(request, server_fixture, template, tiny_model_dir,
+                                                         documents):
+    """Real vLLM parses control-token strings in what it receives: the escaped text must score as LocalScorer's."""
+    server = request.getfixturevalue(server_fixture)
+    local = LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32", max_length=2048)  # the servers' context
+    docs = INJECTED_DOCUMENTS + documents[:3]
+    expected = local.score(INJECTED_QUERY, docs, instruction=INJECTED_INSTRUCTION)
+    async with VLLMScorer(server.base_url, template=template) as scorer:
+        assert_close(scorer.score(INJECTED_QUERY, docs, instruction=INJECTED_INSTRUCTION), expected)
+        assert_close(await scorer.ascore(INJECTED_QUERY, docs, instruction=INJECTED_INSTRUCTION), expected)
+
+
 def test_the_shipped_server_template_renders_sent_text_as_text(vllm_template_server, local_scorer, tokenizer,
                                                                control_ids, frame_controls):
     """What a real vLLM started with RERANKER_TEMPLATE renders from this client's request: the same token ids as
