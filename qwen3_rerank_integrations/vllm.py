@@ -32,6 +32,7 @@ import threading
 import weakref
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -83,6 +84,22 @@ CANARY_IRRELEVANT = (
 )
 # check() sends this to a template="server" server to see whether it honours `instruction`.
 _PROBE_INSTRUCTION = "Decide whether the passage states the answer to the question, ignoring passages on physics"
+# Only a server that pools embeddings (`--convert embed`) registers this route; a reranker answers 404 there.
+_EMBEDDINGS_PATH = "/v1/embeddings"
+# Qwen3 token ids of "\n\n" and "\n": a prompt whose template lost its final newline ends in the second.
+_DOUBLE_NEWLINE_ID, _NEWLINE_ID = 271, 198
+# The fix for a server-side template problem: the package's template, wherever the package is installed.
+_TEMPLATE_FIX = (
+    "restart vLLM with the package's template, --chat-template "
+    "\"$(python -c 'from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE; print(RERANKER_TEMPLATE)')\" "
+    "(README, \"vLLM server\"), or use template='client' with a server started without --chat-template"
+)
+_EMBED_MODE_PROBLEM = (
+    "the server runs in embed mode: it answers POST /v1/embeddings, which only an embedding model "
+    "(`--convert embed` / `--task embed`) does, and its /rerank and /score return cosine similarities of two "
+    "embeddings, not P(yes). Restart it with `--runner pooling` (older vLLM: `--task score`) and the "
+    "Qwen3-Reranker --hf-overrides (README, \"vLLM server\"), without `--convert embed`."
+)
 # Only a server that pools embeddings (`--convert embed`) registers this route; a reranker answers 404 there.
 _EMBEDDINGS_PATH = "/v1/embeddings"
 # Qwen3 token ids of "\n\n" and "\n": a prompt whose template lost its final newline ends in the second.
@@ -629,8 +646,8 @@ class VLLMScorer(BaseModel):
                 return
         if not state.judge_template() or self.template != "server":
             return
-        # Equal counts are not equal prompts: a template whose final newline Jinja dropped renders `</think>\n`
-        # (one token) where the official prompt has `</think>\n\n` (one token). Compare the ids themselves.
+        # Equal counts are not equal prompts: a template whose final newline Jinja dropped ends in "\n" (token
+        # 198) where the official prompt ends in "\n\n" (token 271), with the same count. Compare the ids.
         rendered = yield from self._rendered_ids_plan(CANARY_QUERY, docs, instruction)
         if isinstance(rendered, RemoteError):
             state.doubt(

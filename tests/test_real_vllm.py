@@ -117,72 +117,67 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-# ------------------------------------------------------------------------------------------------ no template
-class TestServerWithoutTemplate:
+# ------------------------------------------------------------------------------------------------ right setups
+class _RightlyConfigured:
+    """What must hold on a server whose template setting matches the client's: official scores on every path,
+    and a clean check."""
+
+    server_fixture: str
+    template: str
+
+    @pytest.fixture
+    def url(self, request) -> str:
+        return request.getfixturevalue(self.server_fixture).base_url
+
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_scores_equal_the_official_method(self, url, local_scorer, documents, route):
+        await assert_parity(url, self.template, route, local_scorer, documents)
+
+    async def test_long_documents_are_cut_like_the_official_method(self, url, local_at, tokenizer):
+        await assert_cuts_match(url, self.template, local_at, tokenizer)
+
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_check_passes(self, url, route):
+        for instruction in (None, INSTRUCTION):
+            async with VLLMScorer(url, template=self.template, route=route, instruction=instruction) as scorer:
+                result = scorer.check(min_gap=-1)
+                assert result.ok and result.warnings == [], result.summary()
+                assert result.embed_mode is False and result.prompt_tokens == result.expected_prompt_tokens
+                # The server-side rendering is compared token by token; a client-side one is the client's own.
+                assert result.prompt_ids_match is (True if self.template == "server" else None)
+                assert result.max_model_len == SERVER_CONTEXT
+                assert (await scorer.acheck(min_gap=-1)).ok
+
+    def test_check_server_cli(self, url):
+        result = check_server_cli(url, self.template)
+        assert result.returncode == 0 and ": OK" in result.stdout, result.stdout + result.stderr
+
+
+class TestServerWithoutTemplate(_RightlyConfigured):
     """vLLM started with the reranker recipe and no --chat-template (older vLLM, vllm-ascend)."""
 
-    @pytest.mark.parametrize("route", ["rerank", "score"])
-    async def test_client_template_scores_equal_the_official_method(self, real_vllm_legacy, local_scorer,
-                                                                     documents, route):
-        await assert_parity(real_vllm_legacy.base_url, "client", route, local_scorer, documents)
+    server_fixture, template = "real_vllm_legacy", "client"
 
-    async def test_long_documents_are_cut_like_the_official_method(self, real_vllm_legacy, local_at, tokenizer):
-        await assert_cuts_match(real_vllm_legacy.base_url, "client", local_at, tokenizer)
-
-    @pytest.mark.parametrize("route", ["rerank", "score"])
-    async def test_check_passes_with_the_client_template(self, real_vllm_legacy, route):
-        with VLLMScorer(real_vllm_legacy.base_url, template="client", route=route) as scorer:
-            result = scorer.check(min_gap=-1)
-            assert result.ok and result.warnings == [], result.summary()
-            assert result.embed_mode is False and result.prompt_tokens == result.expected_prompt_tokens
-            assert result.max_model_len == SERVER_CONTEXT
-            assert (await scorer.acheck(min_gap=-1)).ok
-
-    def test_check_names_the_missing_template_in_server_mode(self, real_vllm_legacy):
-        with VLLMScorer(real_vllm_legacy.base_url, template="server") as scorer:
+    def test_check_names_the_missing_template_in_server_mode(self, url):
+        with VLLMScorer(url, template="server") as scorer:
             result = scorer.check(min_gap=-1)
         assert not result.ok and result.prompt_tokens < result.expected_prompt_tokens
         (warning,) = result.warnings
         assert "renders no reranker template" in warning and FIX_COMMAND in warning and "template='client'" in warning
-
-    def test_check_server_cli(self, real_vllm_legacy):
-        passed = check_server_cli(real_vllm_legacy.base_url, "client")
-        assert passed.returncode == 0 and ": OK" in passed.stdout, passed.stdout + passed.stderr
-        failed = check_server_cli(real_vllm_legacy.base_url, "server")
+        failed = check_server_cli(url, "server")
         assert failed.returncode == 1 and "renders no reranker template" in failed.stdout, failed.stdout
 
 
-# ------------------------------------------------------------------------------------------------ our template
-class TestServerWithThePackagesTemplate:
+class TestServerWithThePackagesTemplate(_RightlyConfigured):
     """vLLM started with --chat-template RERANKER_TEMPLATE."""
 
-    @pytest.mark.parametrize("route", ["rerank", "score"])
-    async def test_server_template_scores_equal_the_official_method(self, real_vllm_ours, local_scorer,
-                                                                     documents, route):
-        await assert_parity(real_vllm_ours.base_url, "server", route, local_scorer, documents)
+    server_fixture, template = "real_vllm_ours", "server"
 
-    async def test_long_documents_are_cut_like_the_official_method(self, real_vllm_ours, local_at, tokenizer):
-        await assert_cuts_match(real_vllm_ours.base_url, "server", local_at, tokenizer)
-
-    @pytest.mark.parametrize("route", ["rerank", "score"])
-    async def test_check_passes_and_the_rendered_ids_are_official(self, real_vllm_ours, route):
-        for instruction in (None, INSTRUCTION):
-            with VLLMScorer(real_vllm_ours.base_url, template="server", route=route,
-                            instruction=instruction) as scorer:
-                result = scorer.check(min_gap=-1)
-                assert result.ok and result.warnings == [], result.summary()
-                assert result.prompt_ids_match is True and result.prompt_tokens == result.expected_prompt_tokens
-                assert (await scorer.acheck(min_gap=-1)).ok
-
-    def test_check_names_a_double_template_in_client_mode(self, real_vllm_ours):
-        with VLLMScorer(real_vllm_ours.base_url, template="client") as scorer:
+    def test_check_names_a_double_template_in_client_mode(self, url):
+        with VLLMScorer(url, template="client") as scorer:
             result = scorer.check(min_gap=-1)
         assert not result.ok and result.prompt_tokens > result.expected_prompt_tokens
         assert any("double template" in w for w in result.warnings), result.warnings
-
-    def test_check_server_cli(self, real_vllm_ours):
-        result = check_server_cli(real_vllm_ours.base_url, "server")
-        assert result.returncode == 0 and "template token ids: official" in result.stdout, result.stdout
 
 
 # ------------------------------------------------------------------------------------------------ vLLM's template
