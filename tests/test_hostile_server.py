@@ -288,9 +288,9 @@ def test_a_secret_cut_by_a_snippet_does_not_leak_its_head(vllm_legacy_server):
         vllm_legacy_server.inject("echo_headers", route="tokenize", status=200, body=body)
         with with_secrets(vllm_legacy_server, max_length=128) as scorer, pytest.raises(InvalidResponseError) as c:
             scorer.score(QUERY, [" ".join(["word"] * 300)])
-        text = str(c.value)
-        assert "Bearer s" not in text, text
-        cut_inside_the_key += "Bearer *" in text and "***'" not in text
+        after_padding = str(c.value).rpartition("x")[2]
+        assert set(after_padding) <= set("*'}"), after_padding  # never "Bear", "sk-h"...: masked, then cut
+        cut_inside_the_key += after_padding in ("*", "**")
     assert cut_inside_the_key  # some paddings did cut through the (masked) key
 
 
