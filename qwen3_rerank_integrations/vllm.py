@@ -32,7 +32,6 @@ import threading
 import weakref
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -84,22 +83,6 @@ CANARY_IRRELEVANT = (
 )
 # check() sends this to a template="server" server to see whether it honours `instruction`.
 _PROBE_INSTRUCTION = "Decide whether the passage states the answer to the question, ignoring passages on physics"
-# Only a server that pools embeddings (`--convert embed`) registers this route; a reranker answers 404 there.
-_EMBEDDINGS_PATH = "/v1/embeddings"
-# Qwen3 token ids of "\n\n" and "\n": a prompt whose template lost its final newline ends in the second.
-_DOUBLE_NEWLINE_ID, _NEWLINE_ID = 271, 198
-# The fix for a server-side template problem: the package's template, wherever the package is installed.
-_TEMPLATE_FIX = (
-    "restart vLLM with the package's template, --chat-template "
-    "\"$(python -c 'from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE; print(RERANKER_TEMPLATE)')\" "
-    "(README, \"vLLM server\"), or use template='client' with a server started without --chat-template"
-)
-_EMBED_MODE_PROBLEM = (
-    "the server runs in embed mode: it answers POST /v1/embeddings, which only an embedding model "
-    "(`--convert embed` / `--task embed`) does, and its /rerank and /score return cosine similarities of two "
-    "embeddings, not P(yes). Restart it with `--runner pooling` (older vLLM: `--task score`) and the "
-    "Qwen3-Reranker --hf-overrides (README, \"vLLM server\"), without `--convert embed`."
-)
 # Only a server that pools embeddings (`--convert embed`) registers this route; a reranker answers 404 there.
 _EMBEDDINGS_PATH = "/v1/embeddings"
 # Qwen3 token ids of "\n\n" and "\n": a prompt whose template lost its final newline ends in the second.
