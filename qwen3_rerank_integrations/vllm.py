@@ -938,7 +938,6 @@ class VLLMScorer(BaseModel):
                     raise RerankError(f"could not load tokenizer={self.tokenizer!r}: {exc}") from exc
             return state.local_tokenizer
 
-
     # ----------------------------------------------------------------------------------------- score cache
     def cache_identity(self) -> dict[str, Any]:
         """What decides this scorer's scores, for score-cache keys (:mod:`~qwen3_rerank_integrations.cache`):
@@ -964,6 +963,7 @@ class VLLMScorer(BaseModel):
             "max_length": self.max_length,
             "context": context,
         }
+
 
 class _CheckState:
     """What check() has learned so far; turned into a ServerCheck even when a step fails."""
