@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from ._secrets import snippet
+from .prompt import document_side, escape_control_tokens, query_side
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -39,6 +40,7 @@ __all__ = [
     "display_url",
     "rerank_payload",
     "score_payload",
+    "scoring_call",
     "parse_scores",
     "usage_tokens",
     "read_response",
@@ -129,6 +131,23 @@ def score_payload(
     """A ``/v1/score`` body: one ``text_1`` against a list of ``text_2`` (the 1:N form every version accepts)."""
     body: dict[str, Any] = {"text_1": query, "text_2": list(documents)}
     return _common_fields(body, model, instruction)
+
+
+def scoring_call(
+    query: str, documents: Sequence[str], instruction: str, *, template: Template, route: Route, model: str | None
+) -> Call:
+    """The request that scores ``documents`` against ``query``: the official prompt's two sides for
+    ``template="client"``; for ``"server"``, the raw texts and ``instruction``, control tokens escaped (the
+    server's template parses them in what it renders)."""
+    sent_instruction: str | None
+    if template == "client":
+        query, documents, sent_instruction = query_side(query, instruction), [document_side(d) for d in documents], None
+    else:
+        query, documents = escape_control_tokens(query), [escape_control_tokens(d) for d in documents]
+        sent_instruction = escape_control_tokens(instruction)
+    build = rerank_payload if route == "rerank" else score_payload
+    path = RERANK_PATH if route == "rerank" else SCORE_PATH
+    return Call("POST", path, build(query, documents, model=model, instruction=sent_instruction))
 
 
 def _common_fields(body: dict[str, Any], model: str | None, instruction: str | None) -> dict[str, Any]:

@@ -223,8 +223,10 @@ def test_tls_is_verified_by_default():
 
     import certifi
 
-    assert VLLMScorer("https://vllm.example")._client_options()["verify"] is True
-    context = VLLMScorer("https://vllm.example", verify=certifi.where())._client_options()["verify"]
+    from qwen3_rerank_integrations._vllm_transport import client_options
+
+    assert client_options(VLLMScorer("https://vllm.example"))["verify"] is True
+    context = client_options(VLLMScorer("https://vllm.example", verify=certifi.where()))["verify"]
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 
@@ -243,7 +245,7 @@ def test_bad_input_raises_before_any_network_work(call, error):
     scorer = VLLMScorer("http://127.0.0.1:9", max_retries=0)  # nothing listens on port 9
     with pytest.raises(error):
         call(scorer)
-    assert scorer._state.client is None
+    assert scorer._state.connections.client is None and scorer._state.connections.aclient is None
 
 
 def test_no_documents_means_no_request():

@@ -1,0 +1,233 @@
+"""Fitting long documents into a vLLM server's context, the official way: cut at the tail, token-level, the
+suffix kept (see :meth:`~qwen3_rerank_integrations.vllm.VLLMScorer.score`).
+
+Each operation is a plan (see :mod:`qwen3_rerank_integrations._vllm_transport`): token counts come from the
+server's ``/tokenize`` and ``/detokenize`` (any replica: replicas serve one model, which ``check()`` verifies),
+or from a local ``tokenizer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from . import _secrets
+from . import _vllm_protocol as protocol
+from ._vllm_protocol import Call
+from ._vllm_transport import Plan
+from .errors import BadRequestError, InvalidResponseError, RerankError, RouteNotFoundError
+from .prompt import PREFIX, SUFFIX, document_part, document_side, query_part, query_side
+
+__all__ = ["FitCache", "Fitting", "context_from_models", "token_ids"]
+
+logger = logging.getLogger("qwen3_rerank_integrations.vllm")
+
+DOCUMENT_TAG = document_part("")
+# How many tokens a cut may step back to find text that re-tokenizes to the official ids (a character split
+# over byte-level tokens needs at most 3).
+MAX_CUT_STEPS = 8
+
+
+class Settings(Protocol):
+    model: str | None
+    max_length: int | None
+    tokenizer: Any
+
+    @property
+    def base_urls(self) -> list[str]: ...
+
+
+class FitCache:
+    """What fitting learns once per scorer: the context, the fixed token counts, the local tokenizer."""
+
+    __slots__ = ("context", "context_known", "fixed_counts", "local_tokenizer", "lock")
+
+    def __init__(self) -> None:
+        self.context: int | None = None
+        self.context_known = False
+        self.fixed_counts: tuple[int, int, int] | None = None
+        self.local_tokenizer: Any = None
+        self.lock = threading.Lock()
+
+
+class Fitting:
+    """The fitting plans of one scorer (its settings, read for each call, and its cache)."""
+
+    __slots__ = ("settings", "cache")
+
+    def __init__(self, settings: Settings, cache: FitCache) -> None:
+        self.settings, self.cache = settings, cache
+
+    def fit_plan(self, query: str, docs: list[str], instruction: str) -> Plan[list[str]]:
+        """Cut documents whose prompt exceeds the context, the official way (token-level, from the tail).
+
+        Token counting costs requests, so it is done only for documents that may not fit: first by UTF-8 bytes
+        alone, then with the prefix's and suffix's real token counts (learned once), then by tokenizing.
+        """
+        limit = yield from self.limit_plan()
+        if limit is None:
+            return docs
+        head = query_side(query, instruction)
+        tag_bytes = len(DOCUMENT_TAG)  # ASCII, and it ends in a space, which composes with nothing under NFC
+        bounds = [tag_bytes + protocol.max_tokens_bound(d) for d in docs]
+        fixed = protocol.max_tokens_bound(head) + protocol.max_tokens_bound(SUFFIX)
+        if all(fixed + b <= limit for b in bounds):
+            return docs
+        prefix_n, suffix_n, tag_n = yield from self.fixed_counts_plan()
+        fixed = prefix_n + protocol.max_tokens_bound(query_part(query, instruction)) + suffix_n
+        suspects = [i for i, b in enumerate(bounds) if fixed + b > limit]
+        if not suspects:
+            return docs
+        ids = yield from self.tokenize_plan([head] + [document_part(docs[i]) for i in suspects])
+        head_n = len(ids[0])
+        if head_n + tag_n + suffix_n > limit:
+            raise ValueError(
+                f"the context of {limit} tokens is too small for this query and instruction: the prompt without "
+                f"any document already takes {head_n + tag_n + suffix_n} tokens; shorten the query/instruction"
+                + (" or raise max_length" if self.settings.max_length is not None else "")
+            )
+        keep = limit - head_n - suffix_n  # tokens left for "<Document>: " + text
+        over = {i: doc_ids for i, doc_ids in zip(suspects, ids[1:]) if len(doc_ids) > keep}
+        if not over:
+            return docs
+        cut = yield from self.cut_plan(over, keep, tag_n)
+        fitted = list(docs)
+        for i, text in cut.items():
+            fitted[i] = text
+        return fitted
+
+    def fixed_counts_plan(self) -> Plan[tuple[int, int, int]]:
+        """Token counts of PREFIX, SUFFIX and the empty document part; asked once, then cached."""
+        if self.cache.fixed_counts is None:
+            ids = yield from self.tokenize_plan([PREFIX, SUFFIX, DOCUMENT_TAG])
+            self.cache.fixed_counts = (len(ids[0]), len(ids[1]), len(ids[2]))
+        return self.cache.fixed_counts
+
+    def cut_plan(self, over: dict[int, list[int]], keep: int, tag_n: int) -> Plan[dict[int, str]]:
+        """Text for each over-long document whose re-tokenization is its first ``keep`` official tokens.
+
+        Decoding a token prefix and re-tokenizing it usually round-trips; when it does not (a character split
+        over tokens decodes to U+FFFD), step back a token at a time. If no step round-trips, take the first
+        candidate that fits, else an empty document (which always fits).
+        """
+        length = {i: keep for i in over}
+        cut: dict[int, str] = {}
+        fallback: dict[int, str] = {}
+        for _ in range(MAX_CUT_STEPS):
+            pending = [i for i in over if i not in cut and length[i] >= tag_n]
+            if not pending:
+                break
+            texts = yield from self.detokenize_plan([over[i][: length[i]] for i in pending])
+            candidates = {i: t[len(DOCUMENT_TAG) :] for i, t in zip(pending, texts) if t.startswith(DOCUMENT_TAG)}
+            checked = list(candidates)
+            again = yield from self.tokenize_plan([document_part(candidates[i]) for i in checked])
+            for i, ids in zip(checked, again):
+                if ids == over[i][: length[i]]:
+                    cut[i] = candidates[i]
+                    if length[i] < keep:
+                        logger.info("document %d: cut %d token(s) early, at a whole character", i, keep - length[i])
+                elif len(ids) <= keep:
+                    fallback.setdefault(i, candidates[i])
+            for i in pending:
+                if i not in cut:
+                    length[i] -= 1
+        for i in over:
+            if i not in cut:
+                logger.warning("document %d: no tail cut re-tokenizes to the official tokens; sent a shorter cut", i)
+                cut[i] = fallback.get(i, "")
+        return cut
+
+    def limit_plan(self) -> Plan[int | None]:
+        """The most tokens per prompt: ``max_length``, else the server's context (asked once, then cached)."""
+        if self.settings.max_length is not None:
+            return self.settings.max_length
+        cache = self.cache
+        if not cache.context_known:
+            (models,) = yield [Call("GET", protocol.MODELS_PATH, tolerate=(RouteNotFoundError,))]
+            context = context_from_models(models, self.settings.model)
+            if context is None:  # some servers/proxies hide /v1/models; /tokenize reports it too
+                (tokenized,) = yield [self.tokenize_call("a", tolerate=(RouteNotFoundError, BadRequestError))]
+                value = tokenized.get("max_model_len") if isinstance(tokenized, dict) else None
+                context = protocol.positive_int(value)
+            if context is None:
+                logger.warning("%s reports no max_model_len; long documents will not be cut",
+                               ", ".join(self.settings.base_urls))
+            cache.context, cache.context_known = context, True
+        return cache.context
+
+    def tokenize_call(self, text: str, tolerate: tuple[type[Exception], ...] = ()) -> Call:
+        body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
+        if self.settings.model is not None:
+            body["model"] = self.settings.model
+        return Call("POST", protocol.TOKENIZE_PATH, body, tolerate)
+
+    def tokenize_plan(self, texts: list[str]) -> Plan[list[list[int]]]:
+        if not texts:
+            return []
+        tokenizer = self.local_tokenizer()
+        if tokenizer is not None:
+            return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        bodies = yield [self.tokenize_call(t) for t in texts]
+        return [token_ids(body) for body in bodies]
+
+    def detokenize_plan(self, id_lists: list[list[int]]) -> Plan[list[str]]:
+        tokenizer = self.local_tokenizer()
+        if tokenizer is not None:
+            return [
+                tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) for ids in id_lists
+            ]
+        calls = []
+        for ids in id_lists:
+            body: dict[str, Any] = {"tokens": ids}
+            if self.settings.model is not None:
+                body["model"] = self.settings.model
+            calls.append(Call("POST", protocol.DETOKENIZE_PATH, body))
+        bodies = yield calls
+        texts = [body.get("prompt") if isinstance(body, dict) else None for body in bodies]
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidResponseError(
+                f"the server's /detokenize answer has no 'prompt' string: {_secrets.snippet(bodies[0])}"
+            )
+        return texts  # type: ignore[return-value]
+
+    def official_ids_plan(self, query: str, docs: list[str], instruction: str) -> Plan[list[list[int]]]:
+        """Token ids of the official prompt of each of ``docs`` (tokenized as the server tokenizes)."""
+        ids = yield from self.tokenize_plan([query_side(query, instruction)] + [document_side(d) for d in docs])
+        return [ids[0] + doc_ids for doc_ids in ids[1:]]
+
+    def local_tokenizer(self) -> Any:
+        tokenizer = self.settings.tokenizer
+        if tokenizer is None or not isinstance(tokenizer, str):
+            return tokenizer
+        cache = self.cache
+        with cache.lock:
+            if cache.local_tokenizer is None:
+                from transformers import AutoTokenizer
+
+                try:
+                    cache.local_tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
+                except Exception as exc:  # hub/IO/parse errors all mean "not loadable"
+                    raise RerankError(f"could not load tokenizer={tokenizer!r}: {exc}") from exc
+            return cache.local_tokenizer
+
+
+def context_from_models(body: Any, model: str | None) -> int | None:
+    """``max_model_len`` of ``model`` (or of the first served model) from a /v1/models body."""
+    entries = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        return None
+    for entry in entries:
+        if isinstance(entry, dict) and (model is None or entry.get("id") == model):
+            value = entry.get("max_model_len")
+            return protocol.positive_int(value)
+    return None
+
+
+def token_ids(body: Any) -> list[int]:
+    tokens = body.get("tokens") if isinstance(body, dict) else None
+    if not isinstance(tokens, list) or not all(protocol.is_int(t) for t in tokens):
+        raise InvalidResponseError(
+            f"the server's /tokenize answer has no 'tokens' list of ints: {_secrets.snippet(body)}"
+        )
+    return tokens
