@@ -6,7 +6,9 @@ Backends (each implements :class:`Scorer`):
 - :class:`VLLMScorer` calls a vLLM server's ``/v1/rerank``;
 - :class:`VLLMEngineScorer` runs vLLM's engine in-process.
 
-Adapters live in :mod:`qwen3_rerank_integrations.langchain` and :mod:`qwen3_rerank_integrations.llama_index`.
+Adapters live in :mod:`qwen3_rerank_integrations.langchain` and :mod:`qwen3_rerank_integrations.llama_index`;
+:func:`rerank`/:func:`arerank` are the framework-free ranking they share (for a Haystack or DSPy component), and
+:class:`ScorerBase` is the base a new backend subclasses (it writes only its scoring of texts).
 Backends are imported lazily, so ``import qwen3_rerank_integrations`` pulls in neither torch nor httpx.
 """
 
@@ -29,12 +31,15 @@ from .errors import (
     ServerConnectionError,
     ServerError,
     ServerResponseError,
+    ServerStartError,
     ServerTimeoutError,
 )
-from .prompt import DEFAULT_INSTRUCTION
+from .prompt import DEFAULT_INSTRUCTION, escape_control_tokens
 from .scorer import Scorer
 
 if TYPE_CHECKING:
+    from ._ranking import Ranked, arerank, rerank
+    from .base import ScorerBase
     from .cache import ByteStoreScoreCache, CachedScorer, CacheStats, DiskScoreCache, InMemoryScoreCache, ScoreCache
     from .engine import VLLMEngineScorer
     from .local import LocalScorer
@@ -48,6 +53,10 @@ __all__ = [
     "ServerCheck",
     "VLLMEngineScorer",
     "Scorer",
+    "ScorerBase",
+    "rerank",
+    "arerank",
+    "Ranked",
     "CachedScorer",
     "ScoreCache",
     "InMemoryScoreCache",
@@ -55,6 +64,7 @@ __all__ = [
     "ByteStoreScoreCache",
     "CacheStats",
     "DEFAULT_INSTRUCTION",
+    "escape_control_tokens",
     "RerankError",
     "ModelLoadError",
     "DeviceNotAvailableError",
@@ -69,10 +79,12 @@ __all__ = [
     "ServerError",
     "InvalidResponseError",
     "ResponseTooLargeError",
+    "ServerStartError",
 ]
 
 _CACHE_NAMES = ["CachedScorer", "ScoreCache", "InMemoryScoreCache", "DiskScoreCache", "ByteStoreScoreCache", "CacheStats"]
 _LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm", "ServerCheck": ".vllm", "VLLMEngineScorer": ".engine",
+         "ScorerBase": ".base", "rerank": "._ranking", "arerank": "._ranking", "Ranked": "._ranking",
          **dict.fromkeys(_CACHE_NAMES, ".cache")}
 
 

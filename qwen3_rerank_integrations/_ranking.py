@@ -1,9 +1,10 @@
-"""What the LangChain and LlamaIndex adapters share: fields, constructors, and turning scores into a ranking.
+"""Ranking: the framework-free :func:`rerank`/:func:`arerank`, and what the LangChain and LlamaIndex adapters share.
 
-Neither adapter scores anything: they hand (query, texts) to a :class:`~qwen3_rerank_integrations.Scorer` and
-get one score per text back. This module checks that answer (one finite number per text, nothing lost) and
-ranks it: score descending, ties in input order (a stable sort), then ``score_threshold``, then ``top_n``.
-Each adapter only maps its framework's objects to texts and the ranking back to new objects.
+:func:`rerank` hands (query, texts) to a :class:`~qwen3_rerank_integrations.Scorer`, checks its answer (one
+probability per text, nothing lost) and ranks it: score descending, ties in input order (a stable sort), then
+``score_threshold``, then ``top_n``. Neither adapter scores anything: each maps its framework's objects to texts,
+calls :func:`rerank` through :meth:`RerankerBase._rank`, and maps the ranking back to new objects. An adapter for
+another framework (Haystack, DSPy...) does the same without inheriting anything.
 
 It imports pydantic and :mod:`~qwen3_rerank_integrations.local` (which imports torch only when a model loads);
 :class:`~qwen3_rerank_integrations.VLLMScorer` is imported inside :meth:`RerankerBase.from_vllm`, so importing an
@@ -13,18 +14,18 @@ adapter never imports torch or httpx.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 from typing_extensions import Self
 
+from .base import checked_scores, scorer_name
 from .errors import RerankError
 from .local import DEFAULT_MODEL, LocalScorer
 from .scorer import Scorer, validate_inputs
 
-__all__ = ["Ranked", "RerankerBase", "rank", "scorer_name"]
+__all__ = ["Ranked", "RerankerBase", "rank", "rerank", "arerank", "scorer_name"]
 
 
 class Ranked(NamedTuple):
@@ -42,32 +43,96 @@ def rank(scores: Sequence[float], *, top_n: int | None, score_threshold: float |
     return kept if top_n is None else kept[:top_n]
 
 
-def scorer_name(scorer: object) -> str:
-    """A name for events and messages: the scorer's model if it has one, else its class. Never a URL (it may
-    carry credentials)."""
-    model = getattr(scorer, "model", None)
-    return model if isinstance(model, str) and model else type(scorer).__name__
+# The check every scorer's answer gets lives with the backend base; the old names stay for their importers.
+_checked_scores = checked_scores
 
 
-def _checked_scores(scorer: object, scores: object, count: int) -> list[float]:
-    """The scorer's answer as floats, or a RerankError: a lost, non-finite or out-of-range score would silently
-    mis-rank (and break ``score_threshold``, which is a probability)."""
-    name = scorer_name(scorer)
-    if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)):
-        raise RerankError(f"scorer {name} returned {type(scores).__name__}, not a list of scores")
-    if len(scores) != count:
-        raise RerankError(f"scorer {name} returned {len(scores)} scores for {count} documents")
-    checked: list[float] = []
-    for i, value in enumerate(scores):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RerankError(f"scorer {name} returned {value!r} for documents[{i}], not a finite number")
-        if not 0.0 <= value <= 1.0:
-            raise RerankError(
-                f"scorer {name} returned {value!r} for documents[{i}], outside [0, 1]: a scorer must return "
-                'P("yes") probabilities, not logits or distances'
-            )
-        checked.append(float(value))
-    return checked
+def _check_options(top_n: object, score_threshold: object) -> None:
+    """Reject bad ranking options by name, before any scoring (the adapters' fields check the same)."""
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"top_n must be an int >= 1 or None, got {top_n!r}")
+    if score_threshold is not None:
+        if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)):
+            raise TypeError(f"score_threshold must be a number in [0, 1] or None, got {type(score_threshold).__name__}")
+        if not 0.0 <= score_threshold <= 1.0:  # NaN fails this too
+            raise ValueError(f'score_threshold must be in [0, 1] (a P("yes") probability), got {score_threshold!r}')
+
+
+def _check_scorer(scorer: object) -> None:
+    if isinstance(scorer, type):
+        raise TypeError(f"scorer must be an instance, got the class {scorer.__name__}; e.g. {scorer.__name__}(...)")
+    if not (callable(getattr(scorer, "score", None)) and callable(getattr(scorer, "ascore", None))):
+        raise TypeError(
+            f"scorer must implement score() and ascore() (the Scorer protocol), got a {type(scorer).__name__}"
+        )
+
+
+def _prepare(
+    scorer: object, query: object, documents: object, top_n: object, score_threshold: object, instruction: object
+) -> list[str]:
+    _check_scorer(scorer)
+    _check_options(top_n, score_threshold)
+    return validate_inputs(query, documents, instruction)
+
+
+def rerank(
+    scorer: Scorer,
+    query: str,
+    documents: Sequence[str],
+    *,
+    top_n: int | None = None,
+    score_threshold: float | None = None,
+    instruction: str | None = None,
+) -> list[Ranked]:
+    """Rank ``documents`` against ``query`` with ``scorer``: the framework-free core of every adapter.
+
+    Scores all documents in one call, checks the answer, and returns ``Ranked(index, score)`` pairs: score
+    descending, equal scores in input order, those below ``score_threshold`` dropped, then cut to ``top_n``.
+    An adapter for another framework maps its objects to texts, calls this, and maps ``index`` back.
+
+    Args:
+        scorer: any :class:`~qwen3_rerank_integrations.Scorer` (LocalScorer, VLLMScorer, a ScorerBase subclass...).
+        query: the search query; must not be empty.
+        documents: the texts to rank (empty strings are valid and scored).
+        top_n: keep at most this many (None: all that pass the threshold).
+        score_threshold: drop documents scoring below this probability (None: keep all).
+        instruction: the task instruction; None uses the scorer's default.
+
+    Raises:
+        TypeError, ValueError: a bad argument, named, before any scoring. No documents means no scorer call.
+        RerankError: the scorer failed (any other exception it raises is wrapped, cause kept) or answered
+            other than one probability in [0, 1] per document.
+
+    Example:
+        >>> from qwen3_rerank_integrations import LocalScorer, rerank
+        >>> docs = ["Gravity pulls.", "Beijing is the capital of China."]
+        >>> rerank(LocalScorer("Qwen/Qwen3-Reranker-0.6B"), "capital of China?", docs, top_n=1)
+        [Ranked(index=1, score=0.99...)]
+    """
+    docs = _prepare(scorer, query, documents, top_n, score_threshold, instruction)
+    if not docs:
+        return []
+    with _scorer_errors(scorer):
+        scores = scorer.score(query, docs, instruction=instruction)
+    return rank(checked_scores(scorer, scores, len(docs)), top_n=top_n, score_threshold=score_threshold)
+
+
+async def arerank(
+    scorer: Scorer,
+    query: str,
+    documents: Sequence[str],
+    *,
+    top_n: int | None = None,
+    score_threshold: float | None = None,
+    instruction: str | None = None,
+) -> list[Ranked]:
+    """Async twin of :func:`rerank`, awaiting the scorer's ``ascore``."""
+    docs = _prepare(scorer, query, documents, top_n, score_threshold, instruction)
+    if not docs:
+        return []
+    with _scorer_errors(scorer):
+        scores = await scorer.ascore(query, docs, instruction=instruction)
+    return rank(checked_scores(scorer, scores, len(docs)), top_n=top_n, score_threshold=score_threshold)
 
 
 @contextlib.contextmanager
@@ -168,24 +233,11 @@ class RerankerBase(BaseModel):
 
     # ----------------------------------------------------------------------------------------- ranking
     def _rank(self, query: str, texts: Sequence[str]) -> list[Ranked]:
-        """Score ``texts`` against ``query`` and rank them. Bad input raises before the scorer is called; no
-        texts means no call."""
-        docs = validate_inputs(query, texts, self.instruction)
-        if not docs:
-            return []
-        with _scorer_errors(self.scorer):
-            scores = self.scorer.score(query, docs, instruction=self.instruction)
-        return self._ranked(scores, len(docs))
+        """Score ``texts`` against ``query`` and rank them with this adapter's options (:func:`rerank`)."""
+        return rerank(self.scorer, query, texts, top_n=self.top_n, score_threshold=self.score_threshold,
+                      instruction=self.instruction)
 
     async def _arank(self, query: str, texts: Sequence[str]) -> list[Ranked]:
-        """The async twin of :meth:`_rank`, awaiting the scorer's ``ascore``."""
-        docs = validate_inputs(query, texts, self.instruction)
-        if not docs:
-            return []
-        with _scorer_errors(self.scorer):
-            scores = await self.scorer.ascore(query, docs, instruction=self.instruction)
-        return self._ranked(scores, len(docs))
-
-    def _ranked(self, scores: object, count: int) -> list[Ranked]:
-        checked = _checked_scores(self.scorer, scores, count)
-        return rank(checked, top_n=self.top_n, score_threshold=self.score_threshold)
+        """The async twin of :meth:`_rank` (:func:`arerank`)."""
+        return await arerank(self.scorer, query, texts, top_n=self.top_n, score_threshold=self.score_threshold,
+                             instruction=self.instruction)

@@ -557,7 +557,7 @@ def _plan(
     load that found another revision than the cache had) may answer differently, and then the fresh scores
     are stored under the new identity and what the cache gave under the old one is looked up again.
     """
-    from ._ranking import _checked_scores
+    from .base import checked_scores  # lazy: base imports this module
 
     if not documents:
         return []
@@ -572,7 +572,7 @@ def _plan(
         missing = [doc for doc in unique if doc not in found]
         if not missing:
             return [found[doc] for doc in documents]
-        fresh = _checked_scores(scorer, (yield (_COMPUTE, missing)), len(missing))
+        fresh = checked_scores(scorer, (yield (_COMPUTE, missing)), len(missing))
         after = yield (_IDENTITY, None)
         if after != identity:
             logger.info("the scorer's cache identity changed while it computed; looking the rest up again")

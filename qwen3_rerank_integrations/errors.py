@@ -30,6 +30,7 @@ __all__ = [
     "ServerError",
     "InvalidResponseError",
     "ResponseTooLargeError",
+    "ServerStartError",
 ]
 
 
@@ -102,3 +103,18 @@ class InvalidResponseError(RemoteError):
 class ResponseTooLargeError(InvalidResponseError):
     """The server's answer grew past ``max_response_bytes`` once decompressed (a runaway or hostile server, a
     compression bomb); reading stopped there."""
+
+
+class ServerStartError(RerankError):
+    """A vLLM server (``qwen3-rerank serve``, :func:`~qwen3_rerank_integrations.serve.serve`) could not be started
+    or stopped being healthy.
+
+    Attributes:
+        reason: one line saying what happened.
+        log_tail: the last lines of the server's output (empty when it never ran).
+    """
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason + (f"\nlast lines of the vLLM server's log:\n{log_tail}" if log_tail else ""))
+        self.reason = reason
+        self.log_tail = log_tail

@@ -14,19 +14,18 @@ Scores come back in input order.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
+from .base import ScorerBase
 from .devices import DTypeName, resolve_device, resolve_dtype
 from .errors import ModelLoadError, RerankError
-from .prompt import DEFAULT_INSTRUCTION, PromptEncoder
-from .scorer import validate_inputs
+from .prompt import PromptEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -46,11 +45,13 @@ _TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 _PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-class LocalScorer(BaseModel):
+class LocalScorer(ScorerBase):
     """Scores (query, document) pairs with a Qwen3-Reranker loaded in this process.
 
     The model loads lazily on the first non-empty :meth:`score` (or eagerly with :meth:`load`), so building
-    a pipeline is cheap and an empty document list never touches the weights.
+    a pipeline is cheap and an empty document list never touches the weights. :meth:`score` raises
+    ``ModelLoadError`` when the model cannot be loaded; :meth:`ascore` runs on a worker thread (concurrent calls
+    take turns on the model). ``cache=True`` keeps scores in an in-memory LRU (see ``ScorerBase.cache``).
 
     Example:
         >>> scorer = LocalScorer("Qwen/Qwen3-Reranker-0.6B", device="auto")
@@ -86,9 +87,6 @@ class LocalScorer(BaseModel):
         "the model's context (config max_position_embeddings) raises ValueError at load; the default is lowered "
         "to the context of a model with less than 8192.",
     )
-    instruction: str | None = Field(
-        None, description="Default task instruction; None means the model card's web-search instruction."
-    )
     max_batch_tokens: int | None = Field(
         None, gt=0, description="Token budget per forward pass; None picks 16384 on accelerators, 8192 on CPU/MPS."
     )
@@ -117,35 +115,13 @@ class LocalScorer(BaseModel):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     # ----------------------------------------------------------------------------------------- scoring
-    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
-        """P("yes") for each document against ``query``, in input order.
-
-        Args:
-            query: the search query; must not be empty.
-            documents: the texts to score; empty strings are valid.
-            instruction: the task instruction for this call; defaults to the scorer's ``instruction``.
-
-        Raises:
-            TypeError, ValueError: bad arguments (before any model work).
-            ModelLoadError: the model could not be loaded.
-        """
-        docs = validate_inputs(query, documents, instruction)
-        if not docs:
-            return []
+    # score()/ascore() come from ScorerBase: checks, the empty list, the instruction default, the cache. ascore
+    # runs this on a worker thread; concurrent calls take turns on the model.
+    def _score_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
         with self._lock:
-            encoder = self._ensure_encoder()
-            tokens = encoder.encode(query, docs, instruction or self.instruction or DEFAULT_INSTRUCTION)
+            tokens = self._ensure_encoder().encode(query, documents, instruction)
             self._ensure_model()
             return self._score_ids(tokens.ids)
-
-    async def ascore(
-        self, query: str, documents: Sequence[str], *, instruction: str | None = None
-    ) -> list[float]:
-        """Async twin of :meth:`score`: the same work on a worker thread, so the event loop never blocks.
-
-        Concurrent calls are safe; they take turns on the model.
-        """
-        return await asyncio.to_thread(self.score, query, documents, instruction=instruction)
 
     def load(self) -> LocalScorer:
         """Load the tokenizer and model now (otherwise the first :meth:`score` does). Returns ``self``."""

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Scorer", "validate_inputs"]
+__all__ = ["Scorer", "validate_inputs", "check_instruction"]
 
 # A lone UTF-16 surrogate (left by a bad decode: errors="surrogateescape", a JSON "\ud800") is not text: no
 # tokenizer, UTF-8 encoder or JSON body can carry it.
@@ -47,11 +47,7 @@ def validate_inputs(query: object, documents: object, instruction: object = None
     if not query.strip():
         raise ValueError("query must not be empty or whitespace")
     if instruction is not None:
-        if not isinstance(instruction, str):
-            raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
-        if not instruction.strip():
-            raise ValueError("instruction must not be empty or whitespace; pass None for the default")
-        _check_unicode("instruction", instruction)
+        check_instruction(instruction)
     _check_unicode("query", query)
     if isinstance(documents, (str, bytes)):
         raise TypeError(
@@ -65,6 +61,20 @@ def validate_inputs(query: object, documents: object, instruction: object = None
             raise TypeError(f"documents[{i}] must be a str, got {type(doc).__name__}")
         _check_unicode(f"documents[{i}]", doc)
     return list(documents)
+
+
+def check_instruction(instruction: object) -> str:
+    """Check an instruction (a call's, or a scorer's default): a non-blank str of valid Unicode.
+
+    Raises:
+        TypeError: not a str. ValueError: empty or whitespace, or a lone surrogate.
+    """
+    if not isinstance(instruction, str):
+        raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
+    if not instruction.strip():
+        raise ValueError("instruction must not be empty or whitespace; pass None for the default")
+    _check_unicode("instruction", instruction)
+    return instruction
 
 
 def _check_unicode(name: str, text: str) -> None:

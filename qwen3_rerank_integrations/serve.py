@@ -38,7 +38,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .devices import DTypeName
-from .errors import RerankError
+from .errors import ServerStartError  # defined with the other errors; still importable from here
 
 __all__ = [
     "HF_OVERRIDES",
@@ -103,20 +103,6 @@ import dataclasses
 from vllm.engine.arg_utils import EngineArgs
 print("runner" in {f.name for f in dataclasses.fields(EngineArgs)})
 """
-
-
-class ServerStartError(RerankError):
-    """The vLLM server could not be started or stopped being healthy.
-
-    Attributes:
-        reason: one line saying what happened.
-        log_tail: the last lines of the server's output (empty when it never ran).
-    """
-
-    def __init__(self, reason: str, log_tail: str = "") -> None:
-        super().__init__(reason + (f"\nlast lines of the vLLM server's log:\n{log_tail}" if log_tail else ""))
-        self.reason = reason
-        self.log_tail = log_tail
 
 
 class ServeConfig(BaseModel):
