@@ -14,14 +14,17 @@ over ``max_model_len`` with vLLM's 400; check ``model`` and an optional API key.
 
 Deliberately independent of the package: the prompt strings come from ``tests/reference.py``.
 
-Faults are scripted with :meth:`VLLMStandIn.inject` and behaviours (latency, API key, embed mode, a score
-override) set as attributes; :meth:`VLLMStandIn.reset` restores a clean server.
+Faults are scripted with :meth:`VLLMStandIn.inject` and behaviours (latency, capacity, API key, embed mode, a
+score override) set as attributes; :meth:`VLLMStandIn.reset` restores a clean server. :meth:`VLLMStandIn.kill`
+stops it like a crashed process (open connections cut, new ones refused) and :meth:`VLLMStandIn.restart` brings
+it back on the same port (tests/test_replicas.py).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import socket
 import sys
 import threading
 import time
@@ -109,14 +112,20 @@ class VLLMStandIn:
             self._yes = tokenizer.convert_tokens_to_ids("yes")
             self._no = tokenizer.convert_tokens_to_ids("no")
         self.reset()
-        self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), name=f"vllm-standin-{mode}", daemon=True
-        )
-        self._thread.start()
+        self.dead = False
+        self._handler = _handler_for(self)
+        self._serve(0)
         host, port = self._httpd.server_address[:2]
+        self.port = port
         self.base_url = f"http://{host}:{port}"
         VLLMStandIn.live.add(self)
+
+    def _serve(self, port: int) -> None:
+        self._httpd = _Server(("127.0.0.1", port), self._handler)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name=f"vllm-standin-{self.mode}", daemon=True
+        )
+        self._thread.start()
 
     # ------------------------------------------------------------------------------------------ controls
     def reset(self) -> None:
@@ -125,6 +134,10 @@ class VLLMStandIn:
         self.requests: list[Recorded] = []
         self.scored_ids: list[list[list[int]]] = []  # per scoring request: the prompt ids the model saw
         self.latency = 0.0  # seconds added to every scoring request (requests overlap while they wait)
+        # Most scoring requests worked on at once (None: no limit); the others queue. With `latency`, it sets the
+        # server's throughput, as an engine's compute does: capacity=1, latency=0.05 serves 20 requests a second.
+        self.capacity: int | None = None
+        self._slots: threading.Semaphore | None = None
         self.api_key: str | None = None
         self.embed_mode = False  # answer like `--convert embed`: cosine-like ~0.8 scores
         self.score_override = self._default_override
@@ -142,8 +155,28 @@ class VLLMStandIn:
         return fault
 
     def close(self) -> None:
+        if not self.dead:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        self.dead = True
+
+    def kill(self) -> None:
+        """Stop like a crashed process: the port refuses connections, and open ones (requests in flight
+        included) are cut without an answer."""
+        self.dead = True
         self._httpd.shutdown()
         self._httpd.server_close()
+        for connection in list(self._httpd.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restart(self) -> None:
+        """Serve again on the same port after :meth:`kill`."""
+        assert self.dead, "restart() follows kill()"
+        self._serve(self.port)
+        self.dead = False
 
     def scoring_requests(self) -> list[Recorded]:
         return [r for r in self.requests if "rerank" in r.path or "score" in r.path]
@@ -276,7 +309,14 @@ class VLLMStandIn:
         if "truncate_prompt_tokens" in body:  # this client must never send it (it would cut the suffix)
             raise _HTTPError(400, "stand-in: truncate_prompt_tokens is not expected", "BadRequestError")
         if self.latency:
-            time.sleep(self.latency)
+            if self.capacity is None:
+                time.sleep(self.latency)
+            else:
+                with self._count_lock:
+                    if self._slots is None:
+                        self._slots = threading.Semaphore(self.capacity)
+                with self._slots:
+                    time.sleep(self.latency)
         instruction = body.get("instruction") if self.mode == "template" and self.honour_instruction else None
         return self.score_pairs(query, documents, instruction)
 
@@ -306,6 +346,18 @@ class _Server(ThreadingHTTPServer):
     # The default listen backlog of 5 drops the SYNs of a client opening 8 connections at once, and each
     # dropped SYN costs a 1 s retransmit: a real server's backlog is larger.
     request_queue_size = 128
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connections: set[socket.socket] = set()  # open ones, which kill() cuts
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client hanging up mid-answer is what several faults provoke; not worth a traceback.
@@ -483,6 +535,9 @@ def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
                         server.in_flight -= 1
 
         def _answer(self, method: str, path: str, body: Any, headers: dict[str, str], fault: Fault | None) -> None:
+            if server.dead:  # a request that reached a killed server over an old connection
+                self.close_connection = True
+                return
             if fault is not None and fault.kind == "drop":
                 self.close_connection = True
                 return
@@ -502,6 +557,9 @@ def _handler_for(server: VLLMStandIn) -> type[BaseHTTPRequestHandler]:
                 status, answer, extra = server.handle(method, path, body, headers)
             except _HTTPError as exc:
                 return self._send(exc.status, server.error_body(exc.status, exc.message, exc.kind), {})
+            if server.dead:  # killed while it worked: the answer is lost with the process
+                self.close_connection = True
+                return
             if fault is not None and fault.kind in _MUTATIONS and isinstance(answer, dict):
                 _mutate(fault.kind, answer)
             self._send(status, answer, extra)
