@@ -209,17 +209,18 @@ def start_vllm_server(
 # ------------------------------------------------------------------------------------------------ test servers
 # The servers the real-vLLM tests need, in the order tests/test_real_vllm.py uses them:
 #   legacy     the reranker recipe without a template (older vLLM, vllm-ascend): template="client"
+#   replica    a second legacy server: with legacy, two replicas of one configuration (test_real_vllm.TestReplicas)
 #   ours       the recipe + the package's template: template="server"
 #   published  the recipe + vLLM's published template (loses the final newline): check() must object
 #   embed      `--convert embed` without overrides: check() and the score range check must object
-SERVER_KINDS: tuple[str, ...] = ("legacy", "ours", "published", "embed")
+SERVER_KINDS: tuple[str, ...] = ("legacy", "replica", "ours", "published", "embed")
 
 
 def server_args(kind: str) -> tuple[str, ...]:
     """vLLM arguments of one of :data:`SERVER_KINDS`."""
     from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE
 
-    if kind == "legacy":
+    if kind in ("legacy", "replica"):
         return RERANKER_ARGS
     if kind == "ours":
         return (*RERANKER_ARGS, "--chat-template", str(RERANKER_TEMPLATE))
@@ -269,6 +270,29 @@ class VLLMServerPool:
             raise
         self.startup_s.setdefault(kind, round(server.startup_s or 0.0, 1))
         return server
+
+    def get_together(self, *kinds: str) -> list[RunningServer]:
+        """The running, healthy servers of ``kinds`` at once (at most ``max_alive``), stopping the others."""
+        assert len(kinds) <= self.max_alive
+        for kind in kinds:
+            if kind in self.failed:
+                raise self.failed[kind]
+        for other in [k for k in self.running if k not in kinds]:
+            self.stop(other)
+        for kind in kinds:
+            self._launch(kind)
+        servers = []
+        for kind in kinds:
+            server = self.running[kind]
+            try:
+                server.wait_ready(self.timeout)
+            except VLLMServerError as exc:
+                del self.running[kind]
+                self.failed[kind] = exc
+                raise
+            self.startup_s.setdefault(kind, round(server.startup_s or 0.0, 1))
+            servers.append(server)
+        return servers
 
     def _launch(self, kind: str) -> None:
         if kind in self.running:

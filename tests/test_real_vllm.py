@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -166,6 +167,47 @@ class TestServerWithoutTemplate(_RightlyConfigured):
         assert "renders no reranker template" in warning and FIX_COMMAND in warning and "template='client'" in warning
         failed = check_server_cli(url, "server")
         assert failed.returncode == 1 and "renders no reranker template" in failed.stdout, failed.stdout
+
+
+class TestReplicas:
+    """VLLMScorer over two real servers (base_url as a list). Runs between the classes above and below, so that
+    it reuses the legacy and ours servers and adds one start (a second legacy server)."""
+
+    async def test_two_replicas_score_like_the_official_method_even_when_one_dies(
+        self, real_vllm_servers, local_scorer, documents
+    ):
+        legacy, replica = real_vllm_servers.get_together("legacy", "replica")
+        many = documents * 6
+        expected = local_scorer.score(QUERY, many)
+        async with VLLMScorer([legacy.base_url, replica.base_url], template="client", batch_size=2) as scorer:
+            got = [scorer.score(QUERY, many), await scorer.ascore(QUERY, many)]
+            assert all(r.sent > 0 for r in scorer._state.connections.pool.replicas)  # both did score
+            worst = max(max_diff(g, expected) for g in got)
+            # The replica dies (SIGTERM to its process group) while a call is under way; no document is lost.
+            stopper = threading.Timer(0.3, real_vllm_servers.stop, args=("replica",))
+            stopper.start()
+            try:
+                after = await scorer.ascore(QUERY, many * 3)
+            finally:
+                stopper.join()
+            assert replica.process.poll() is not None
+            worst = max(worst, max_diff(after, local_scorer.score(QUERY, many * 3)))
+            assert scorer._state.connections.pool.replicas[1].last_error is not None
+        print(f"\ntwo replicas: max |diff| {worst:.2e} over {len(many)} documents (one replica killed mid-call)")
+        assert worst <= 1e-5
+
+    @pytest.mark.parametrize("template", ["client", "server"])
+    async def test_check_over_two_configurations_reports_their_disagreement(self, real_vllm_servers, template):
+        legacy, ours = real_vllm_servers.get_together("legacy", "ours")
+        async with VLLMScorer([legacy.base_url, ours.base_url], template=template) as scorer:
+            result = scorer.check(min_gap=-1)
+            assert (await scorer.acheck(min_gap=-1)).ok is False
+        assert not result.ok and [r.base_url for r in result.replicas] == [legacy.base_url, ours.base_url]
+        # Each server is fine with one template setting and wrong with the other; together they disagree.
+        right, wrong = (0, 1) if template == "client" else (1, 0)
+        assert result.replicas[right].ok and not result.replicas[wrong].ok, result.summary()
+        assert any("disagree on the canary's prompt tokens" in w for w in result.warnings), result.summary()
+        assert "vLLM replicas (2): PROBLEMS FOUND" in result.summary()
 
 
 class TestServerWithThePackagesTemplate(_RightlyConfigured):
