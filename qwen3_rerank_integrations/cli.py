@@ -61,6 +61,7 @@ app = typer.Typer(
 class Backend(str, Enum):
     local = "local"
     vllm = "vllm"
+    engine = "engine"
 
 
 class OutputFormat(str, Enum):
@@ -211,9 +212,11 @@ def _verdict(ok: bool) -> str:
 # ------------------------------------------------------------------------------------------------ shared options
 _LOCAL_PANEL = "Local backend"
 _VLLM_PANEL = "vLLM backend"
-# Options typed for the backend not in use are rejected (see _reject_other_backend_options).
+# Options typed for the backend not in use are rejected (see _reject_other_backend_options). The engine backend
+# (vLLM's engine in this process) loads the model as the local one does, but vLLM picks its own device.
 _LOCAL_ONLY = ("device", "dtype", "source", "progress")
 _VLLM_ONLY = ("base_url", "template", "timeout", "max_retries", "ca_bundle")
+_ENGINE_ONLY = ("dtype", "source")
 
 
 def _device_option(**extra: Any) -> Any:
@@ -297,12 +300,16 @@ def rerank(
             help="Documents, one per line, or JSONL objects with a 'text' field. '-' or nothing reads stdin.",
         ),
     ] = "-",
-    backend: Annotated[Backend, typer.Option(help="Score in this process, or on a vLLM server.")] = Backend.local,
+    backend: Annotated[
+        Backend,
+        typer.Option(help="Score in this process (local: transformers; engine: vLLM's engine, needs vLLM "
+                     "installed), or on a vLLM server."),
+    ] = Backend.local,
     model: Annotated[
         str | None,
         typer.Option(
             "--model", "-m", show_default=False,
-            help=f"Local backend: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
+            help=f"Local and engine backends: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
             "vLLM backend: the served model name (default: the one the server serves).",
         ),
     ] = None,
@@ -314,7 +321,7 @@ def rerank(
         int | None,
         typer.Option(min=1, show_default=False,
                      help="Most tokens per prompt; longer documents lose their tail, the question is kept "
-                     "(default: 8192 locally, the server's context on vLLM)."),
+                     "(default: 8192 locally and on the engine, the server's context on vLLM)."),
     ] = None,
     top_n: Annotated[
         int | None, typer.Option(min=1, help="Output only the best N (default: all).", show_default=False)
@@ -364,6 +371,9 @@ def rerank(
             scorer = LocalScorer(model or DEFAULT_MODEL, device=device, dtype=dtype.value, source=source.value,
                                  show_progress_bar=show_progress, **local_options)
             scores = scorer.score(query, documents, instruction=instruction)
+        elif backend is Backend.engine:
+            with _engine_scorer(model, dtype=dtype, source=source, max_length=max_length) as engine:
+                scores = engine.score(query, documents, instruction=instruction)
         else:
             assert base_url is not None  # checked above
             with _vllm_scorer(base_url, model=model, template=template, timeout=timeout,
@@ -382,13 +392,30 @@ def rerank(
 def _reject_other_backend_options(
     ctx: typer.Context, backend: Backend, local_only: tuple[str, ...] = _LOCAL_ONLY
 ) -> None:
-    """An option typed for the other backend is a mistake: say so rather than silently ignore it."""
-    other = _VLLM_ONLY if backend is Backend.local else local_only
+    """An option typed for another backend is a mistake: say so rather than silently ignore it.
+
+    ``local_only``: the local backend's own options in this command (eval's embedder takes --device and
+    --progress whatever the backend, so they are nobody's there)."""
+    owners = {Backend.local: local_only, Backend.vllm: _VLLM_ONLY,
+              Backend.engine: tuple(name for name in _ENGINE_ONLY if name in local_only)}
+    other = dict.fromkeys(name for options in owners.values() for name in options if name not in owners[backend])
     typed = [name for name in other if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
     if typed:
         flags = ", ".join("--" + name.replace("_", "-") for name in typed)
-        other_backend = "vllm" if backend is Backend.local else "local"
-        raise ValueError(f"{flags} only apply to --backend {other_backend}")
+        where = " or ".join(b.value for b in Backend if all(name in owners[b] for name in typed))
+        if not where:  # flags of different backends: name each one's
+            where = "; ".join(f"--{name.replace('_', '-')} to "
+                              + " or ".join(b.value for b in Backend if name in owners[b]) for name in typed)
+            raise ValueError(f"{flags} do not apply to --backend {backend.value} (they belong: {where})")
+        raise ValueError(f"{flags} only apply to --backend {where}")
+
+
+def _engine_scorer(model: str | None, *, dtype: DType, source: Source, max_length: int | None) -> Any:
+    """A VLLMEngineScorer (vLLM's engine in this process); used as a context manager, so the engine stops."""
+    from .engine import VLLMEngineScorer
+
+    options: dict[str, Any] = {"max_length": max_length} if max_length is not None else {}
+    return VLLMEngineScorer(model or DEFAULT_MODEL, dtype=dtype.value, source=source.value, **options)
 
 
 # ------------------------------------------------------------------------------------------------ check-server
@@ -667,17 +694,22 @@ def eval_command(
         typer.Option(rich_help_panel=_EVAL_PANEL,
                      help="Keep scores in DIR/score-cache and reuse them; --no-cache rescores everything."),
     ] = True,
-    backend: Annotated[Backend, typer.Option(help="Rerank in this process, or on a vLLM server.")] = Backend.local,
+    backend: Annotated[
+        Backend,
+        typer.Option(help="Rerank in this process (local: transformers; engine: vLLM's engine, needs vLLM "
+                     "installed), or on a vLLM server."),
+    ] = Backend.local,
     rerank_model: Annotated[
         str | None,
         typer.Option(show_default=False,
-                     help=f"Local backend: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
+                     help=f"Local and engine backends: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
                      "vLLM backend: the served model name (default: the one the server serves)."),
     ] = None,
     max_length: Annotated[
         int | None,
         typer.Option(min=1, show_default=False,
-                     help="Most tokens per prompt (default: 8192 locally, the server's context on vLLM)."),
+                     help="Most tokens per prompt (default: 8192 locally and on the engine, the server's context "
+                     "on vLLM)."),
     ] = None,
     device: Annotated[str, _device_option()] = "auto",
     progress: Annotated[
@@ -697,7 +729,8 @@ def eval_command(
     Retrieves each query's top K (dense, or your --run file), reranks them for each --instruction, and writes
     to DIR: metrics.json ({system: {measure: value}}, computed by ir-measures), runs/SYSTEM.trec, metrics.md
     (the table, also printed), metrics.png (a chart) and settings.json. Systems: first_stage, then one per
-    instruction (and depth). --device is where the embedder runs, and the reranker on the local backend.
+    instruction (and depth). --device is where the embedder runs, and the reranker on the local backend (vLLM
+    picks the engine's).
     """
     with _exit_on_error():
         _reject_other_backend_options(ctx, backend, local_only=_EVAL_LOCAL_ONLY)
@@ -721,6 +754,9 @@ def eval_command(
                 scorer = LocalScorer(rerank_model or DEFAULT_MODEL, device=device, dtype=dtype.value,
                                      source=source.value, **({"max_length": max_length} if max_length else {}))
                 report = run_evaluation(config, scorer, cache=cache, progress=show_progress, log=log)
+            elif backend is Backend.engine:
+                with _engine_scorer(rerank_model, dtype=dtype, source=source, max_length=max_length) as engine:
+                    report = run_evaluation(config, engine, cache=cache, progress=show_progress, log=log)
             else:
                 assert base_url is not None  # checked above
                 with _vllm_scorer(base_url, model=rerank_model, template=template, timeout=timeout,

@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from qwen3_rerank_integrations.cache import (
     score_keys,
 )
 from qwen3_rerank_integrations.errors import ModelLoadError, RerankError
+from tests.test_engine import fake_vllm  # noqa: F401  (the stand-in vllm module, a fixture)
 
 QUERY = "What is the capital of China?"
 
@@ -613,3 +615,117 @@ def test_langchain_compressor_accepts_a_cached_scorer():
     first = compressor.compress_documents(docs, QUERY)
     assert compressor.compress_documents(docs, QUERY) == first
     assert inner.calls == [["a", "b", "c"]]
+
+
+# ------------------------------------------------------------------------------------------ cache= on the backends
+def _backend(kind: str, model: Any, **options: Any) -> Any:
+    """A LocalScorer or VLLMEngineScorer on ``model`` (fp32; the engine is never started by these tests)."""
+    from qwen3_rerank_integrations.engine import VLLMEngineScorer
+
+    options = {"dtype": "float32", **options}
+    if kind == "local":
+        return LocalScorer(str(model), device="cpu", **options)
+    return VLLMEngineScorer(str(model), **{"max_length": 2048, **options})
+
+
+def test_local_scorer_cache_field_hits_and_equals_uncached(local_scorer, tiny_model_dir, documents, monkeypatch):
+    unique = list(dict.fromkeys(documents))
+    uncached = local_scorer.score(QUERY, unique)
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32", cache=True)
+    assert isinstance(scorer.cache, InMemoryScoreCache)
+    batches: list[int] = []
+    original = LocalScorer._score_ids
+
+    def spy(self, ids):
+        batches.append(len(ids))
+        return original(self, ids)
+
+    monkeypatch.setattr(LocalScorer, "_score_ids", spy)
+    assert scorer.score(QUERY, unique) == uncached  # the same computation: bit for bit
+    assert scorer.score(QUERY, documents) == [dict(zip(unique, uncached))[d] for d in documents]
+    assert asyncio.run(scorer.ascore(QUERY, unique[:3])) == uncached[:3]
+    assert batches == [len(unique)]  # only the first call reached the model
+    stats = scorer.cache.stats
+    assert (stats.misses, stats.hits) == (len(unique), len(unique) + 3)
+
+
+async def test_engine_scorer_cache_field_hits_and_skips_the_engine(fake_vllm, tiny_model_dir):
+    from tests.test_engine import FakeLLM
+
+    docs = ["Beijing is the capital of China.", "Gravity pulls.", ""]
+    scorer = _backend("engine", tiny_model_dir, cache=InMemoryScoreCache(max_entries=100))
+    first = scorer.score(QUERY, docs)
+    assert first == _backend("engine", tiny_model_dir).score(QUERY, docs)
+    prompts = sum(len(llm.prompts) for llm in FakeLLM.created)
+    assert scorer.score(QUERY, docs[::-1]) == first[::-1]
+    assert await scorer.ascore(QUERY, docs) == first
+    assert sum(len(llm.prompts) for llm in FakeLLM.created) == prompts  # the engine saw nothing more
+    assert (scorer.cache.stats.hits, scorer.cache.stats.misses) == (6, 3)
+    assert await scorer.ascore(QUERY, ["Shanghai."]) != []  # a miss reaches the engine, through ascore too
+    assert sum(len(llm.prompts) for llm in FakeLLM.created) == prompts + 1
+
+
+@pytest.mark.parametrize("kind", ["local", "engine"])
+def test_cache_field_never_returns_another_configurations_score(kind, tiny_model_dir, tmp_path, monkeypatch):
+    """One shared store; each key part changed in turn must miss and return that configuration's own score."""
+    cls = type(_backend(kind, tiny_model_dir))
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_score_texts(self, query, documents, instruction):
+        # A score that depends on everything the key must cover, read here, at scoring time.
+        config = (Path(self.model) / "config.json").read_text()
+        setting = (self.model, self.max_length, self.dtype, instruction, query, config)
+        calls.append(setting)
+        return [(hash((setting, doc)) % 10_007) / 10_007 for doc in documents]
+
+    monkeypatch.setattr(cls, "_score_texts", fake_score_texts)
+    folder, copy = tmp_path / "model", tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, folder)
+    shutil.copytree(tiny_model_dir, copy)
+    store = InMemoryScoreCache()
+    doc = "Beijing is the capital of China."
+
+    def fresh(scorer: Any, query: str = QUERY, document: str = doc, **call: Any) -> None:
+        before = len(calls)
+        got = scorer.score(query, [document], **call)
+        assert len(calls) == before + 1, "a changed key part must miss"
+        assert got == [(hash((calls[-1], document)) % 10_007) / 10_007]  # its own score, not a stored one
+
+    base = _backend(kind, folder, cache=store)
+    base.score(QUERY, [doc])
+    same = _backend(kind, folder, cache=store)
+    assert same.score(QUERY, [doc]) == base.score(QUERY, [doc]) and len(calls) == 1  # unchanged: a hit
+    fresh(_backend(kind, copy, cache=store))                                 # model (same files elsewhere)
+    fresh(_backend(kind, folder, max_length=1024, cache=store))              # max_length
+    fresh(_backend(kind, folder, dtype="bfloat16", cache=store))             # dtype
+    fresh(_backend(kind, folder, instruction="Find the statute", cache=store))  # the scorer's instruction
+    fresh(base, instruction="Find the treaty")                               # the call's instruction
+    fresh(base, query="What is the capital of France?")                      # query
+    fresh(base, document=doc + " ")                                          # document
+    config = folder / "config.json"
+    config.write_text(config.read_text() + "\n")                             # revision: the folder's content
+    fresh(_backend(kind, folder, cache=store))
+    assert store.stats.hits == 2  # the unchanged scorer's two lookups only
+
+
+def test_cache_field_and_cached_scorer_share_entries(tiny_model_dir, monkeypatch):
+    calls: list[list[str]] = []
+
+    def fake_score_texts(self, query, documents, instruction):
+        calls.append(list(documents))
+        return [0.5] * len(documents)
+
+    monkeypatch.setattr(LocalScorer, "_score_texts", fake_score_texts)
+    store = InMemoryScoreCache()
+    LocalScorer(str(tiny_model_dir), device="cpu", cache=store).score(QUERY, ["a", "b"])
+    wrapped = CachedScorer(scorer=LocalScorer(str(tiny_model_dir), device="cpu"), cache=store)
+    assert wrapped.score(QUERY, ["a", "b"]) == [0.5, 0.5] and calls == [["a", "b"]]
+
+
+def test_adapters_from_model_pass_cache_to_the_scorer(tiny_model_dir):
+    from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
+    from qwen3_rerank_integrations.llama_index import Qwen3RerankPostprocessor
+
+    for adapter in (Qwen3RerankCompressor, Qwen3RerankPostprocessor):
+        reranker = adapter.from_model(str(tiny_model_dir), device="cpu", cache=True, top_n=2)
+        assert isinstance(reranker.scorer.cache, InMemoryScoreCache) and reranker.top_n == 2

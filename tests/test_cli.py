@@ -20,6 +20,7 @@ from qwen3_rerank_integrations.precision import (
     default_max_abs_diff,
     rank_agreement,
 )
+from tests.test_engine import fake_vllm  # noqa: F401  (the stand-in vllm module, a fixture)
 
 QUERY = "What is the capital of China?"
 TOLERANCE = 1e-5
@@ -127,7 +128,9 @@ def test_rerank_vllm_template_server_with_instruction_and_threshold(vllm_templat
     documents = ["Beijing is the capital of China.", "Gravity pulls.", "北京是首都。"]
     instruction = "Find the city that answers the question"
     expected = reference_scorer.score(QUERY, documents, instruction=instruction)
-    threshold = sorted(expected)[1]  # keeps the best two
+    low, middle, _ = sorted(expected)
+    assert middle - low > 10 * TOLERANCE
+    threshold = (low + middle) / 2  # keeps the best two; not a score itself, which the server may miss by 1e-7
     result = invoke("rerank", QUERY, "--instruction", instruction, "--threshold", threshold,
                     *vllm_args(vllm_template_server, "--template", "server"), stdin="\n".join(documents))
     assert result.exit_code == 0, result.output
@@ -177,6 +180,69 @@ def test_usage_errors_and_version():
     assert result.exit_code == 0 and result.stdout.startswith("qwen3-rerank ")
     help_text = " ".join(invoke("check-device", "--help").stdout.split())
     assert all(text in help_text for text in ("(default: 0.0001 for", "0.02 for", "[default: 0.9]"))  # thresholds
+
+
+# ------------------------------------------------------------------------------------------------ engine backend
+# vLLM's engine in this process, run by the stand-in vllm module (tests/test_engine.py): it answers
+# (prompt length % 97) / 97, so each score shows which prompt it came from.
+def test_rerank_engine_backend_scores_with_the_engine_and_stops_it(tmp_path, tiny_model_dir, fake_vllm):
+    from qwen3_rerank_integrations.engine import VLLMEngineScorer
+    from tests.test_engine import FakeLLM
+
+    documents = ["Beijing is the capital of China.", "Gravity pulls.", "北京是中国的首都。"]
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(documents), "utf-8")
+    result = invoke("rerank", QUERY, path, "--backend", "engine", "--model", tiny_model_dir, "--dtype", "float32",
+                    "--max-length", 2048, "--instruction", "Find the capital", "--top-n", 2)
+    assert result.exit_code == 0, result.output
+    expected = VLLMEngineScorer(str(tiny_model_dir), dtype="float32", max_length=2048).score(
+        QUERY, documents, instruction="Find the capital"
+    )
+    (llm, _) = FakeLLM.created  # the CLI's engine, then the one above
+    assert llm.kwargs["dtype"] == "float32" and llm.kwargs["max_model_len"] == 2048
+    ranking = json.loads(result.stdout)
+    assert [row["score"] for row in ranking] == sorted(expected, reverse=True)[:2]
+    assert all(row["score"] == expected[row["index"]] and row["text"] == documents[row["index"]] for row in ranking)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--device", "cpu"], "--device only apply to --backend local"),
+        (["--progress"], "--progress only apply to --backend local"),
+        (["--base-url", "http://localhost:9"], "--base-url only apply to --backend vllm"),
+        (["--device", "cpu", "--template", "server"], "--device, --template do not apply to --backend engine"),
+    ],
+)
+def test_rerank_engine_backend_refuses_other_backends_options(tiny_model_dir, fake_vllm, options, fragment):
+    from tests.test_engine import FakeLLM
+
+    result = invoke("rerank", QUERY, "-", "--backend", "engine", "--model", tiny_model_dir, *options, stdin="doc\n")
+    assert_one_line_error(result, 2, fragment)
+    assert FakeLLM.created == []  # refused before any engine started
+
+
+def test_engine_only_options_are_refused_on_the_vllm_backend():
+    result = invoke("rerank", QUERY, "-", "--backend", "vllm", "--base-url", "http://localhost:9", "--dtype",
+                    "float32", stdin="doc\n")
+    assert_one_line_error(result, 2, "--dtype only apply to --backend local or engine")
+
+
+def test_eval_engine_backend(tmp_path, tiny_model_dir, fake_vllm):
+    from tests.test_engine import FakeLLM
+    from tests.test_eval import BEIR_MINI, by_query, hashed_first_stage, trec_lines
+
+    first = hashed_first_stage(tmp_path / "first.trec")
+    args = ["eval", BEIR_MINI, "-o", tmp_path / "out", "--run", first, "--top-k", 3, "--backend", "engine",
+            "--rerank-model", tiny_model_dir, "--dtype", "float32", "--max-length", 2048]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "scored 60 of 60 pairs" in result.stderr
+    assert sum(len(llm.prompts) for llm in FakeLLM.created) == 60
+    for documents in by_query(trec_lines(tmp_path / "out" / "runs" / "rerank.trec")).values():
+        assert all(round(score * 97) == pytest.approx(score * 97) for _, score in documents)  # the engine's
+    refused = invoke(*args, "--template", "server")
+    assert refused.exit_code == 2 and "--template only apply to --backend vllm" in refused.stderr
 
 
 # ------------------------------------------------------------------------------------------------ check-server
