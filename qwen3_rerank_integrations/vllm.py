@@ -273,7 +273,8 @@ class VLLMScorer(BaseModel):
             TypeError, ValueError: bad arguments (before any network work); ValueError also when the query
                 and instruction alone do not fit the context.
             RemoteError subclasses: the server could not be reached, refused the request, or answered
-                something that is not a complete, valid result.
+                something that is not a complete, valid result. With replicas, a connect error, timeout, 429
+                or 5xx is raised only once no replica could answer (the message lists each one's last error).
         """
         docs = validate_inputs(query, documents, instruction)
         if not docs:
