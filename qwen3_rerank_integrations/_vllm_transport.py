@@ -7,8 +7,9 @@ thread pool and ``httpx.Client``, :meth:`Driver.arun` with ``asyncio`` and ``htt
 Each call is sent by one small loop (:meth:`Driver.send`, :meth:`Driver.asend`) around one pure decision,
 :func:`decide`: after a transient fault (connect error, timeout, 429, 502, 503, 504) the call goes at once to
 another replica not yet tried; once every replica has failed it, that is one retry, and the loop waits
-(``Retry-After`` if the server gave one, else exponential backoff with jitter) and starts another round. A
-single server is the one-replica case: each round is one attempt, as before replicas existed.
+(``Retry-After`` if the server gave one, else exponential backoff with jitter) and starts another round. Another
+5xx (500) goes to each other replica once, never retried. A single server is the one-replica case: each round
+is one attempt, as before replicas existed.
 
 :class:`ReplicaPool` picks the replica for each attempt: the one with the fewest requests outstanding (ties in
 turn), skipping replicas set aside after a fault. A set-aside replica waits ``replica_cooldown`` seconds, doubled
@@ -136,9 +137,22 @@ def decide(
             )
             return Step("retry", wait=wait)
         return Step("raise", error=final_error(attempt.errors, urls))
+    if is_server_fault(outcome):
+        # A 500 is not retried on one server (the same request would likely fail again), but it may be this
+        # replica's own fault: another replica gets the request once.
+        attempt.errors[replica] = outcome
+        attempt.tried.add(replica)
+        if len(attempt.tried) < replicas:
+            return Step("failover")
+        return Step("raise", error=final_error(attempt.errors, urls))
     if isinstance(outcome, RemoteError):
         return Step("raise", error=outcome)
     return Step("return", value=outcome)
+
+
+def is_server_fault(outcome: Any) -> bool:
+    """An error answer a replica's own breakage may cause: a 5xx that is not retried (500, 501, 505...)."""
+    return isinstance(outcome, ServerResponseError) and outcome.status_code >= 500
 
 
 def final_error(errors: dict[int, RemoteError], urls: Sequence[str]) -> RemoteError:
@@ -213,23 +227,23 @@ class ReplicaPool:
             return chosen
 
     def release(self, replica: Replica, outcome: Any, cooldown: float) -> None:
-        """Book ``outcome`` of a request to ``replica``: a transient fault sets it aside, anything else (an
-        answer, even an error answer) shows it is up."""
+        """Book ``outcome`` of a request to ``replica``: a transient fault or a 5xx sets it aside, anything
+        else (an answer, even a 4xx) shows it is up."""
         now = time.monotonic()
         with self.lock:
             replica.outstanding -= 1
             if outcome is _ABORTED:
                 replica.trial = False
-            elif isinstance(outcome, TransientError):
-                replica.last_error = outcome.error
+            elif isinstance(outcome, TransientError) or is_server_fault(outcome):
+                error = outcome.error if isinstance(outcome, TransientError) else outcome
+                replica.last_error = error
                 # Requests in flight when a replica dies all fail: only the first of them (or a failed trial)
                 # lengthens its set-aside.
                 if replica.trial or replica.until <= now:
                     replica.failures += 1
                     replica.until = now + min(MAX_COOLDOWN_S, cooldown * 2 ** min(replica.failures - 1, 30))
                     if len(self.replicas) > 1:
-                        logger.warning("%s set aside for %.1fs after: %s", replica.url, replica.until - now,
-                                       outcome.error)
+                        logger.warning("%s set aside for %.1fs after: %s", replica.url, replica.until - now, error)
                 replica.trial = False
             else:
                 if replica.failures and len(self.replicas) > 1:

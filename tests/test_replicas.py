@@ -241,6 +241,22 @@ async def test_every_replica_overloaded_raises_the_status_error(fleet):
     assert counts(fleet[:2]) == [2, 2]  # each replica, in each of the two rounds
 
 
+async def test_a_replica_answering_500_is_set_aside_and_its_chunks_go_elsewhere(fleet):
+    fleet[0].inject("status", status=500, message="engine dead", times=100)
+    with scorer_for(fleet[:2], batch_size=10, replica_cooldown=5.0) as scorer:
+        assert scorer.score(QUERY, DOCS) == EXPECTED
+        assert await scorer.ascore(QUERY, DOCS) == EXPECTED
+        assert scorer._state.connections.pool.replicas[0].failures == 1
+    # Only the first call's first wave reached it (3 of 6 requests in flight), then it was set aside; the other
+    # answered every chunk of both calls.
+    broken, healthy = counts(fleet[:2])
+    assert 1 <= broken <= 3 and healthy == 12
+    fleet[1].inject("status", status=500, message="engine dead", times=100)
+    with scorer_for(fleet[:2]) as scorer, pytest.raises(ServerError, match="no replica could answer") as caught:
+        scorer.score(QUERY, DOCS[:3])
+    assert caught.value.status_code == 500 and counts(fleet[:2]) == [broken + 1, 13]  # each once, never retried
+
+
 def test_a_request_error_is_not_sent_to_another_replica(fleet):
     fleet[0].inject("status", status=400, message="nope", times=100)
     fleet[1].inject("status", status=400, message="nope", times=100)
@@ -357,6 +373,9 @@ def test_decide_fails_over_then_retries_then_raises():
     assert step.action == "raise" and "base_url[0] http://a: down; base_url[1] http://b: down" in str(step.error)
     final = BadRequestError("bad", status_code=400)
     assert decide(final, 0, Attempt(), **options).error is final  # not a replica's fault: no failover
+    crash, attempt = ServerError("boom", status_code=500), Attempt()
+    assert decide(crash, 0, attempt, **options).action == "failover"
+    assert decide(crash, 1, attempt, **options).action == "raise" and attempt.retries == 0  # 500s: no retry
 
 
 def test_one_replica_retries_with_backoff_and_raises_its_own_error():
