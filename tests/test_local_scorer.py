@@ -141,9 +141,11 @@ def test_loaded_in_inference_mode_with_sdpa_and_pad_token(local_scorer):
     assert not local_scorer._model.training
 
 
-def test_oom_backs_off_and_retries(tiny_model_dir, local_scorer, documents, monkeypatch):
+def test_oom_backs_off_and_retries(tiny_model_dir, local_scorer, monkeypatch):
     import torch
 
+    # Prompts of one length go into one batch whatever the padding rule, so the first pass is wide.
+    documents = [f"document number {i} is about Beijing" for i in range(10)]
     scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
     real_forward = scorer._forward
     padded_sizes: list[int] = []
@@ -356,3 +358,102 @@ def test_identical_and_prefix_sharing_documents(local_scorer, reference_model):
     docs = ["Beijing", "Beijing", "Beijing is", "Beijing is the capital"]
     assert_close(local_scorer.score(QUERY, docs), reference_scores(*reference_model, QUERY, docs))
     assert_close(local_scorer.score(QUERY, ["same"] * 3), local_scorer.score(QUERY, ["same"]) * 3)
+
+
+# ------------------------------------------------------------------------------------------------- batching and reuse
+def _prefix_tokens_computed(scorer, monkeypatch) -> list[int]:
+    """Spy: the token count of every batch-1 pass that computes a shared prefix's keys/values."""
+    from qwen3_rerank_integrations import local
+
+    counts: list[int] = []
+    original = local._new_prefix_cache
+
+    def spy(prefix, layers, *, keep):
+        cache = original(prefix, layers, keep=keep)
+        if keep:
+            counts.append(-1)  # the next pass computes a prefix; its length is filled in by the hook below
+        return cache
+
+    def hook(module, args, kwargs):
+        if counts and counts[-1] == -1:
+            counts[-1] = kwargs["input_ids"].shape[1]
+
+    monkeypatch.setattr(local, "_new_prefix_cache", spy)
+    scorer._model.base_model.register_forward_pre_hook(hook, with_kwargs=True)  # a test-local scorer: never removed
+    return counts
+
+
+def test_prefix_reused_across_calls_equals_reference(tiny_model_dir, reference_model, documents, monkeypatch):
+    # The second query reuses the first call's system-prompt + instruction keys/values and computes only its own
+    # query; a new instruction reuses the system prompt only; a single document reuses the remembered prefix.
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
+    computed = _prefix_tokens_computed(scorer, monkeypatch)
+    other = "Which city is the seat of the Chinese government?"
+    instruction = "Given a question, find passages in Chinese that answer it"
+    assert_close(scorer.score(QUERY, documents), reference_scores(*reference_model, QUERY, documents))
+    assert_close(scorer.score(other, documents), reference_scores(*reference_model, other, documents))
+    assert_close(scorer.score(other, documents, instruction=instruction),
+                 reference_scores(*reference_model, other, documents, instruction=instruction))
+    assert_close(scorer.score(other, documents[:1], instruction=instruction),
+                 reference_scores(*reference_model, other, documents[:1], instruction=instruction))
+    whole, query_only, after_system = computed[:3]
+    assert len(computed) == 3  # the single document computed no prefix at all: it reused the remembered one
+    assert 0 < query_only < after_system < whole  # each call computed only what the last one did not share
+
+
+def test_prefix_reuse_on_and_off_give_the_same_scores(tiny_model_dir, local_scorer, documents):
+    # A warm scorer (prefix remembered, reused) and a fresh one (everything computed) agree, in any call order.
+    warm = LocalScorer(str(tiny_model_dir), device="cpu").load()
+    warm.score("an unrelated query that shares the instruction", documents)
+    for query in (QUERY, "capital", QUERY):
+        fresh = LocalScorer(str(tiny_model_dir), device="cpu").load()
+        assert_close(warm.score(query, documents), fresh.score(query, documents))
+        assert_close(warm.score(query, documents[3:4]), fresh.score(query, documents[3:4]))
+
+
+def test_mixed_lengths_in_several_padded_batches_equal_reference(tiny_model_dir, reference_model, monkeypatch):
+    # Lengths from 1 to ~300 tokens: several batches, some padded, some single rows.
+    docs = ["Beijing " * n for n in (0, 1, 2, 3, 40, 41, 45, 60, 150, 151, 160, 300)]
+    scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
+    shapes: list[tuple[int, int]] = []
+    real_forward = scorer._forward
+
+    def spy(self, tails, prefix):
+        shapes.append((len(tails), max(len(t) for t in tails)))
+        return real_forward(tails, prefix)
+
+    monkeypatch.setattr(LocalScorer, "_forward", spy)
+    assert_close(scorer.score(QUERY, docs), reference_scores(*reference_model, QUERY, docs))
+    assert len(shapes) >= 4 and any(rows > 1 for rows, _ in shapes)
+
+
+def test_batch_plan_bounds_padding_budget_and_size():
+    from qwen3_rerank_integrations.local import _batch_size
+
+    lengths = [100, 99, 95, 80, 79, 10, 9, 9, 9]
+    assert _batch_size(lengths, 0, 64, 100, 0.1) == 5  # 47 of 500 tokens padding; the 10 would make it 137/600
+    assert _batch_size(lengths, 0, 64, 100, 0.05) == 3  # 80 would pad 26 of 400 tokens
+    assert _batch_size(lengths, 0, 64, 100, 0.5) == 9
+    assert _batch_size(lengths, 0, 2, 100, 0.5) == 2  # batch_size
+    assert _batch_size(lengths, 0, 64, 1, 0.5) == 1  # token budget
+    assert _batch_size(lengths, 5, 64, 100, 0.1) == 4  # the short tail of the list
+    assert _batch_size(lengths, 8, 64, 100, 0.0) == 1  # the last prompt alone
+
+
+def test_a_pass_keeps_no_keys_or_values_beyond_the_prefix():
+    # Scoring needs a layer's keys/values only inside that layer: the cache must hand out prefix + new tokens
+    # without storing them (storing all 28 layers' was most of the old peak memory).
+    import torch
+
+    from qwen3_rerank_integrations.local import _new_prefix_cache
+
+    keys, values = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    cache = _new_prefix_cache([(keys, values)], 1, keep=False)
+    new_k, new_v = torch.randn(3, 2, 7, 4), torch.randn(3, 2, 7, 4)
+    joined_k, joined_v = cache.layers[0].update(new_k, new_v)
+    assert joined_k.shape == joined_v.shape == (3, 2, 12, 4)
+    assert torch.equal(joined_k[2, :, :5], keys[0]) and torch.equal(joined_v[1, :, 5:], new_v[1])
+    assert cache.layers[0].keys is keys and cache.get_seq_length() == 5
+    kept = _new_prefix_cache(None, 1, keep=True)
+    kept.layers[0].update(keys, values)
+    assert kept.layers[0].keys is keys and kept.get_seq_length() == 5
