@@ -1,13 +1,13 @@
-"""LocalScorer vs the official README method vs sentence-transformers CrossEncoder; prints a table.
+"""The local scoring benchmark is `qwen3-rerank bench` (qwen3_rerank_integrations/benchmark.py); this script only
+forwards its arguments there, for old instructions that still say `python benchmarks/local_scorer.py`.
 
-    python benchmarks/local_scorer.py                                  # CPU, random 0.6B-shaped weights, 4 layers
-    python benchmarks/local_scorer.py --device cuda --layers 28 --docs 512
-    python benchmarks/local_scorer.py --model Qwen/Qwen3-Reranker-0.6B --device auto
-
-The logic lives in qwen3_rerank_integrations.benchmark so that `qwen3-rerank bench` runs the same thing.
+    qwen3-rerank bench --layers 28 --docs 16            # CPU
+    qwen3-rerank bench --device cuda --layers 28 --docs 512
 """
 
-from qwen3_rerank_integrations.benchmark import main
+import sys
+
+from qwen3_rerank_integrations.cli import app
 
 if __name__ == "__main__":
-    main()
+    app(["bench", *sys.argv[1:]], prog_name="qwen3-rerank")

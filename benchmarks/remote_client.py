@@ -1,7 +1,7 @@
 """VLLMScorer's cost as a client, against the loopback vLLM stand-in (no model: scores are instant); prints a table.
 
-    python benchmarks/remote_client.py
-    python benchmarks/remote_client.py --calls 500 --docs 20 --list 1000 --latency 0.05
+    python -m benchmarks.remote_client            # from the repository root: the stand-in server is tests/'s
+    python -m benchmarks.remote_client --calls 500 --docs 20 --list 1000 --latency 0.05
 
 1. Overhead: ``score``/``ascore`` on a list that fits one request, against a bare httpx loop that formats the same
    request, sends it and orders the results by index (the least a correct client does). Target <= 1.1x.
@@ -16,13 +16,9 @@ import argparse
 import asyncio
 import multiprocessing
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the stand-in lives in tests/
 
 import httpx
 

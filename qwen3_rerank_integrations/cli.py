@@ -601,7 +601,10 @@ def bench(
                      help="A checkpoint folder or hub id (default: random weights of the 0.6B shape, no download)."),
     ] = None,
     tokenizer: Annotated[
-        str | None, typer.Option(show_default=False, help="Qwen3 tokenizer folder for random weights.")
+        str | None,
+        typer.Option(show_default=False,
+                     help="The real Qwen3 tokenizer's folder for random weights (default: a built-in word-level "
+                     "stand-in with Qwen3's control-token ids, no download)."),
     ] = None,
     layers: Annotated[
         int | None,
@@ -620,9 +623,10 @@ def bench(
 ) -> None:
     """Benchmark LocalScorer against the official method and sentence-transformers' CrossEncoder.
 
-    Each method scores the same documents with the same weights on the same device, in its own process;
-    prints tokens/s, pairs/s, peak memory, speed ratios and each method's largest score difference from
-    the official method. Progress goes to stderr.
+    Each method scores the same documents with the same weights on the same device, in its own process; the
+    three take turns (each repetition runs every method once), so other load on the machine hits all alike.
+    Prints tokens/s, pairs/s, peak memory, speed ratios, each method's largest score difference from the
+    official method and the load average. Progress goes to stderr.
     """
     from .benchmark import BenchmarkConfig, run_benchmark
 

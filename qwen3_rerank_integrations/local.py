@@ -7,9 +7,11 @@ the official snippet slow and memory-hungry) we run the decoder body and take on
 precomputed ``W[yes] − W[no]`` row, in fp32.
 
 The part every prompt of a call shares (system prompt, instruction, query: ~80 tokens) is run once and its
-keys/values reused for every document. The rest is batched from length-sorted prompts under a token budget
-(little padding), right-padded after the shared part so each row keeps the positions it would have alone.
-Scores come back in input order.
+keys/values reused for every document, and across calls for the tokens the next call's prefix shares with it
+(the system prompt and instruction). The rest is batched from length-sorted prompts under a token budget and a
+padding bound (on CPU a padded token costs as much as a real one), right-padded after the shared part so each
+row keeps the positions it would have alone; keys/values are never kept past their layer. Scores come back in
+input order.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 # and MLP matmuls are already large at a few thousand tokens.
 _DEFAULT_BATCH_TOKENS = {"cpu": 8192, "mps": 8192}
 _ACCELERATOR_BATCH_TOKENS = 16384
+# Most padding a batch may hold, as a share of its padded tokens (see _batch_size).
+_PADDING_SLACK = {"cpu": 0.1}
+_ACCELERATOR_PADDING_SLACK = 0.3
 _QWEN3_ARCHITECTURES = {"Qwen3ForCausalLM"}
 # A folder holds a usable tokenizer when it has the fast tokenizer's file or the slow one's pair.
 _TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -97,6 +102,7 @@ class LocalScorer(ScorerBase):
     _config: Any = PrivateAttr(None)
     _model: Any = PrivateAttr(None)
     _head: Any = PrivateAttr(None)  # W[yes] - W[no], fp32, on the model's device
+    _prefix_memo: Any = PrivateAttr(None)  # (tokens, per-layer keys/values) of the last shared prompt prefix
     _torch_device: Any = PrivateAttr(None)
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
 
@@ -290,6 +296,7 @@ class LocalScorer(ScorerBase):
         weight = model.get_output_embeddings().weight
         self._head = (weight[encoder.yes_id].float() - weight[encoder.no_id].float()).detach().to(device)
         self._model = model
+        self._prefix_memo = None
         logger.info("loaded %s on %s as %s", self.model, device, dtype)
 
     # ----------------------------------------------------------------------------------------- compute
@@ -300,17 +307,19 @@ class LocalScorer(ScorerBase):
 
     def _score_ids(self, ids: list[list[int]]) -> list[float]:
         """Score token-id prompts in length-sorted batches; results in input order."""
-        shared = _shared_prefix_length(ids)
+        shared = self._reusable_prefix_length(ids)
         prefix_cache = self._prefix_cache(ids[0][:shared]) if shared else None
         tails = [prompt[shared:] for prompt in ids]
         order = sorted(range(len(tails)), key=lambda i: len(tails[i]), reverse=True)
+        lengths = [len(tails[i]) for i in order]
         scores = [0.0] * len(tails)
         budget = self._batch_token_budget()
+        slack = _PADDING_SLACK.get(self.torch_device.type, _ACCELERATOR_PADDING_SLACK)
         progress = _progress_bar(len(tails)) if self.show_progress_bar else None
         start = 0
         while start < len(order):
-            longest = shared + len(tails[order[start]])
-            size = max(1, min(self.batch_size, budget // longest))
+            longest = shared + lengths[start]
+            size = _batch_size(lengths, start, self.batch_size, max(1, budget // longest), slack)
             chunk = order[start : start + size]
             try:
                 batch_scores = self._forward([tails[i] for i in chunk], prefix_cache)
@@ -335,58 +344,81 @@ class LocalScorer(ScorerBase):
             progress.close()
         return scores
 
-    def _prefix_cache(self, prefix: list[int]) -> list[tuple[Any, Any]]:
-        """Keys/values of the prompt part every document shares (system prompt, instruction, query),
-        computed once per call instead of once per document."""
-        import torch
-        from transformers import DynamicCache
+    def _reusable_prefix_length(self, ids: list[list[int]]) -> int:
+        """Tokens at the start of every prompt whose keys/values are computed once, leaving each prompt at least
+        one token of its own: the prefix all prompts of the call share, or, for a single prompt, what it shares
+        with the prefix remembered from the previous call (system prompt, instruction and often the query)."""
+        if len(ids) > 1:
+            return _shared_prefix_length(ids)
+        memo = self._prefix_memo
+        return 0 if memo is None else min(_common_length(memo[0], ids[0]), len(ids[0]) - 1)
 
-        cache = DynamicCache(config=self._model.config)
+    def _prefix_cache(self, prefix: list[int]) -> list[tuple[Any, Any]]:
+        """Keys/values (per layer, batch 1) of the prompt part every document shares (system prompt, instruction,
+        query), computed once per call instead of once per document.
+
+        The last call's prefix is remembered: a call with the same instruction reuses its keys/values for the
+        tokens the two prefixes share (a token's keys/values depend only on the tokens before it) and computes
+        only the rest (the new query). Only the latest prefix is kept (0.1 MiB a token for the 0.6B in fp32).
+        """
+        import torch
+
+        memo = self._prefix_memo
+        reused = 0 if memo is None else _common_length(memo[0], prefix)
+        if memo is not None and reused == len(prefix):
+            return [(k[:, :, :reused], v[:, :, :reused]) for k, v in memo[1]]
+        known = [(k[:, :, :reused], v[:, :, :reused]) for k, v in memo[1]] if memo is not None and reused else None
+        cache = _new_prefix_cache(known, self._model.config.num_hidden_layers, keep=True)
+        model = self._model.base_model
         with torch.inference_mode():
-            self._model.base_model(
-                input_ids=torch.tensor([prefix], device=self.torch_device), past_key_values=cache, use_cache=True
+            model(
+                input_ids=torch.tensor([prefix[reused:]], device=self.torch_device),
+                position_ids=torch.arange(reused, len(prefix), device=self.torch_device).unsqueeze(0),
+                use_cache=True,
+                **{_cache_argument(model): cache},
             )
-        # Qwen3 has full-attention layers only, so every cache layer holds plain keys/values.
-        return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr]
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        self._prefix_memo = (tuple(prefix), layers)
+        return layers
 
     def _forward(self, tails: list[list[int]], prefix_cache: list[tuple[Any, Any]] | None) -> list[float]:
         """Scores of one batch of prompt tails that follow the cached shared prefix.
 
         Tails are right-padded: under causal attention no real token sees a pad, and every row keeps the
-        positions it would have alone, so the last real token's state is exactly the unbatched one.
+        positions it would have alone, so the last real token's state is exactly the unbatched one. The prefix's
+        keys/values are joined to each layer's new ones for that layer's attention only and never stored, so a
+        pass holds one layer's keys/values at a time, not all 28 layers' at once.
         """
         import torch
-        from transformers import DynamicCache
 
         assert self._encoder is not None
         device = self.torch_device
-        width = max(len(t) for t in tails)
+        rows, width = len(tails), max(len(t) for t in tails)
         pad_id = self._encoder.tokenizer.pad_token_id
         assert pad_id is not None  # set at load; its value never reaches a real token (right padding)
-        input_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
-        tail_mask = torch.zeros((len(tails), width), dtype=torch.long)
+        input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
         for row, tail in enumerate(tails):
             input_ids[row, : len(tail)] = torch.tensor(tail, dtype=torch.long)
-            tail_mask[row, : len(tail)] = 1
         shared = prefix_cache[0][0].shape[2] if prefix_cache else 0
-        cache = None
-        if prefix_cache:
-            cache = DynamicCache(
-                [(k.expand(len(tails), -1, -1, -1), v.expand(len(tails), -1, -1, -1)) for k, v in prefix_cache],
-                config=self._model.config,
-            )
-        attention_mask = torch.cat([torch.ones((len(tails), shared), dtype=torch.long), tail_mask], dim=1)
-        position_ids = torch.arange(shared, shared + width).expand(len(tails), -1)
+        attention_mask = None  # plain causal attention when no row is padded
+        if any(len(t) < width for t in tails):
+            real = (torch.arange(width).unsqueeze(0) < torch.tensor([len(t) for t in tails]).unsqueeze(1)).long()
+            attention_mask = torch.cat([torch.ones((rows, shared), dtype=torch.long), real], dim=1).to(device)
+        position_ids = torch.arange(shared, shared + width, device=device).unsqueeze(0).expand(rows, -1)
         last = torch.tensor([len(t) - 1 for t in tails], device=device)
+        model = self._model.base_model
+        cache_kwargs = {}
+        if prefix_cache:
+            cache_kwargs = {_cache_argument(model): _new_prefix_cache(prefix_cache, len(prefix_cache), keep=False)}
         with torch.inference_mode():
-            hidden = self._model.base_model(
+            hidden = model(
                 input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device),
-                past_key_values=cache,
-                use_cache=cache is not None,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=bool(prefix_cache),
+                **cache_kwargs,
             ).last_hidden_state
-            last_hidden = hidden[torch.arange(len(tails), device=device), last]
+            last_hidden = hidden[torch.arange(rows, device=device), last]
             return torch.sigmoid(last_hidden.float() @ self._head).tolist()
 
     # ----------------------------------------------------------------------------------------- score cache
@@ -446,6 +478,90 @@ def _require_safetensors(model: str, folder: str) -> None:
     raise ModelLoadError(
         f"model={model!r} has no weights (*.safetensors); point it at the folder that holds the whole checkpoint."
     )
+
+
+def _batch_size(lengths: list[int], start: int, most: int, fits: int, slack: float) -> int:
+    """How many prompts (tail lengths sorted longest first) the batch that starts at ``start`` takes: at most
+    ``most`` and ``fits`` (the token budget), and no more once padding would exceed ``slack`` of the batch.
+
+    Every row is padded to the first (longest) one. On a CPU a forward pass costs about its padded token count
+    whatever its shape, so padding is pure waste there (small slack); an accelerator needs wide batches to be
+    busy, so it accepts more padding (sorted lists of many documents pad little anyway).
+    """
+    width, total, size = lengths[start], lengths[start], 1
+    limit = min(most, fits, len(lengths) - start)
+    while size < limit:
+        candidate = lengths[start + size]
+        if (size + 1) * width - (total + candidate) > slack * (size + 1) * width:
+            break
+        total += candidate
+        size += 1
+    return size
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common token prefix of ``a`` and ``b``."""
+    length, limit = 0, min(len(a), len(b))
+    while length < limit and a[length] == b[length]:
+        length += 1
+    return length
+
+
+def _cache_argument(model: Any) -> str:
+    """The keyword a transformers model takes its key/value cache by: ``cache`` in transformers >= 5.x (where
+    ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+_PREFIX_LAYER_CLASS: Any = None
+
+
+def _new_prefix_cache(prefix: list[tuple[Any, Any]] | None, layers: int, *, keep: bool) -> Any:
+    """A transformers cache that holds a shared prefix's keys/values (batch 1, or none) for every layer.
+
+    Each layer's attention gets the prefix's keys/values (broadcast to the batch) joined to the new tokens' ones.
+    With ``keep=False`` the joined tensors are not stored (scoring needs no keys/values after the layer), so a
+    pass never holds more than one layer's; with ``keep=True`` (computing a prefix, batch 1) they are, to be
+    reused.
+    """
+    from transformers.cache_utils import Cache
+
+    global _PREFIX_LAYER_CLASS
+    if _PREFIX_LAYER_CLASS is None:
+        _PREFIX_LAYER_CLASS = _define_prefix_layer()
+    kv = prefix if prefix is not None else [(None, None)] * layers
+    return Cache(layers=[_PREFIX_LAYER_CLASS(k, v, keep) for k, v in kv])
+
+
+def _define_prefix_layer() -> Any:
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefixLayer(DynamicLayer):  # type: ignore[misc]
+        def __init__(self, keys: Any, values: Any, keep: bool) -> None:
+            super().__init__()
+            self.keep = keep
+            if keys is not None:
+                self.keys, self.values = keys, values
+                self.device, self.is_initialized = keys.device, True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if self.keys is None or self.keys.numel() == 0:
+                joined = (key_states, value_states)
+            else:
+                rows = key_states.shape[0]
+                joined = (
+                    torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
+                    torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2),
+                )
+            if self.keep:
+                self.keys, self.values = joined
+                self.device, self.is_initialized = key_states.device, True
+            return joined
+
+    return PrefixLayer
 
 
 def _shared_prefix_length(ids: list[list[int]]) -> int:
