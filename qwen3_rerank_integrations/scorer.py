@@ -2,7 +2,9 @@
 
 A scorer turns one query and a list of documents into one relevance score per document, in input order:
 P("yes") in [0, 1] as the official Qwen3-Reranker method computes it. The framework adapters depend on this
-protocol only, so any backend (local model, vLLM server, a test double) plugs into them.
+protocol only, so any backend (local model, vLLM server, a test double) plugs into them. A new backend
+subclasses :class:`~qwen3_rerank_integrations.ScorerBase`, which applies :func:`validate_inputs` and the rest of
+the contract for it.
 """
 
 from __future__ import annotations
