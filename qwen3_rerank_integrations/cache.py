@@ -22,7 +22,8 @@ store keeps hit/miss counts (:attr:`ScoreCache.stats`).
 
 The logic is written once, as a *plan* (a generator that asks for the identity, cache reads, scores and cache
 writes), driven by :func:`cached_scores` and its async twin :func:`acached_scores`; a scorer with a cache of
-its own calls those two directly.
+its own calls those two directly, as every :class:`~qwen3_rerank_integrations.ScorerBase` backend does for its
+``cache=`` field (``LocalScorer(..., cache=True)``), keyed exactly as :class:`CachedScorer` keys it.
 """
 
 from __future__ import annotations
