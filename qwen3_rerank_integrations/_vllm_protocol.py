@@ -18,7 +18,6 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from ._secrets import snippet
-from .prompt import document_side, escape_control_tokens, query_side
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -29,6 +28,7 @@ from .errors import (
     ServerError,
     ServerResponseError,
 )
+from .prompt import document_side, escape_control_tokens, query_side
 
 __all__ = [
     "Call",

@@ -28,10 +28,9 @@ import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from . import _secrets
-from . import _vllm_check
+from . import _secrets, _vllm_check
 from . import _vllm_protocol as protocol
 from ._vllm_check import (  # noqa: F401  (public names kept importable from here)
     CANARY_IRRELEVANT,
@@ -43,9 +42,8 @@ from ._vllm_check import (  # noqa: F401  (public names kept importable from her
 )
 from ._vllm_fitting import FitCache, Fitting
 from ._vllm_transport import Connections, Driver, Plan
+from .base import ScorerBase
 from .errors import RerankError
-from .prompt import DEFAULT_INSTRUCTION
-from .scorer import validate_inputs
 
 __all__ = ["VLLMScorer", "ServerCheck", "API_KEY_ENV"]
 
@@ -67,7 +65,7 @@ class _State:
         self.fitting = FitCache()  # context and token counts learned from the server
 
 
-class VLLMScorer(BaseModel):
+class VLLMScorer(ScorerBase):
     """Scores (query, document) pairs with a Qwen3-Reranker served by vLLM (``/v1/rerank`` or ``/v1/score``).
 
     Returns the same numbers as :class:`~qwen3_rerank_integrations.LocalScorer` on the same model, whichever
@@ -111,9 +109,6 @@ class VLLMScorer(BaseModel):
     )
     route: Literal["rerank", "score"] = Field(
         "rerank", description="'rerank' calls /v1/rerank; 'score' calls /v1/score (text_1/text_2); same scores."
-    )
-    instruction: str | None = Field(
-        None, description="Default task instruction; None means the model card's web-search instruction."
     )
     timeout: float = Field(
         60.0,
@@ -276,19 +271,19 @@ class VLLMScorer(BaseModel):
                 something that is not a complete, valid result. With replicas, a connect error, timeout, 429
                 or 5xx is raised only once no replica could answer (the message lists each one's last error).
         """
-        docs = validate_inputs(query, documents, instruction)
-        if not docs:
-            return []
-        return self._driver().run(self._score_plan(query, docs, instruction))
+        return super().score(query, documents, instruction=instruction)
+
+    def _score_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
+        return self._driver().run(self._score_plan(query, documents, instruction))
+
+    async def _ascore_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
+        return await self._driver().arun(self._score_plan(query, documents, instruction))
 
     async def ascore(
         self, query: str, documents: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         """Async twin of :meth:`score` (``httpx.AsyncClient``; never blocks the event loop)."""
-        docs = validate_inputs(query, documents, instruction)
-        if not docs:
-            return []
-        return await self._driver().arun(self._score_plan(query, docs, instruction))
+        return await super().ascore(query, documents, instruction=instruction)
 
     def check(self, *, min_gap: float = 0.5) -> ServerCheck:
         """Check the server: ``/health``, ``/v1/models`` (served name, context) and a canary pair. With several
@@ -368,8 +363,7 @@ class VLLMScorer(BaseModel):
             state.error = str(exc)
         return state.result()
 
-    def _score_plan(self, query: str, docs: list[str], instruction: str | None) -> Plan[list[float]]:
-        instr = instruction or self.instruction or DEFAULT_INSTRUCTION
+    def _score_plan(self, query: str, docs: list[str], instr: str) -> Plan[list[float]]:
         docs = yield from self._fitting().fit_plan(query, docs, instr)
         batches = [docs[i : i + self.batch_size] for i in range(0, len(docs), self.batch_size)]
         calls = [

@@ -331,6 +331,28 @@ async def test_vllm_scorer_cached_sync_and_async_equal_uncached(vllm_legacy_serv
         assert len(vllm_legacy_server.scoring_requests()) == requests
 
 
+async def test_vllm_scorer_cache_field_answers_repeats_without_requests(vllm_legacy_server, documents):
+    """``cache=`` on VLLMScorer (the ScorerBase field): repeats, in any order and either twin, never reach the
+    server, and the numbers are the server's own."""
+    unique = list(dict.fromkeys(documents))
+    async with VLLMScorer(vllm_legacy_server.base_url) as plain:
+        expected = plain.score(QUERY, unique)
+    async with VLLMScorer(vllm_legacy_server.base_url, cache=True) as scorer:
+        assert scorer.score(QUERY, unique) == expected
+        before = len(vllm_legacy_server.scoring_requests())
+        assert await scorer.ascore(QUERY, unique[::-1]) == expected[::-1]
+        assert scorer.score(QUERY, unique[:2]) == expected[:2]
+        assert len(vllm_legacy_server.scoring_requests()) == before
+        assert scorer.cache.stats.hits == len(unique) + 2 and scorer.cache.stats.misses == len(unique)
+    # another template mode is another key: the same store answers nothing for it
+    store = InMemoryScoreCache()
+    async with VLLMScorer(vllm_legacy_server.base_url, cache=store) as client_mode:
+        client_mode.score(QUERY, unique[:1])
+    async with VLLMScorer(vllm_legacy_server.base_url, route="score", cache=store) as other_route:
+        other_route.score(QUERY, unique[:1])
+    assert store.stats.misses == 2 and store.stats.hits == 0
+
+
 # ------------------------------------------------------------------------------------------ real local model
 def test_local_scorer_cached_equals_uncached_and_scores_only_missing(local_scorer, reference_scorer, documents,
                                                                      monkeypatch):
