@@ -210,8 +210,9 @@ class RerankerBase(BaseModel):
         return cls(scorer=LocalScorer(model, **scorer_kwargs), **own)
 
     @classmethod
-    def from_vllm(cls, base_url: str, /, **kwargs: Any) -> Self:
-        """Build this reranker on a :class:`~qwen3_rerank_integrations.VLLMScorer` (a vLLM server's /rerank).
+    def from_vllm(cls, base_url: str | Sequence[str], /, **kwargs: Any) -> Self:
+        """Build this reranker on a :class:`~qwen3_rerank_integrations.VLLMScorer` (a vLLM server's /rerank; a
+        list of URLs spreads the work over replicas of one configuration).
 
         Keyword arguments that name one of this class's fields configure the reranker; the rest go to
         ``VLLMScorer`` (``model``, ``api_key``, ``template``, ``timeout``...).

@@ -261,9 +261,10 @@ def _ca_bundle_option(**extra: Any) -> Any:
 _LocalDTypeOption = Annotated[DType, _dtype_option(rich_help_panel=_LOCAL_PANEL)]
 _LocalSourceOption = Annotated[Source, _source_option(rich_help_panel=_LOCAL_PANEL)]
 _BaseUrlOption = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(rich_help_panel=_VLLM_PANEL, show_default=False,
-                 help="The server, e.g. http://localhost:8000 (required with --backend vllm)."),
+                 help="The server, e.g. http://localhost:8000 (required with --backend vllm); repeat it for "
+                 "replicas of one configuration (requests go to the least busy one, a failing one is set aside)."),
 ]
 _TemplateOption = Annotated[Template, _template_option(rich_help_panel=_VLLM_PANEL)]
 _TimeoutOption = Annotated[float, _timeout_option(rich_help_panel=_VLLM_PANEL)]
@@ -272,7 +273,7 @@ _CaBundleOption = Annotated[str | None, _ca_bundle_option(rich_help_panel=_VLLM_
 
 
 def _vllm_scorer(
-    base_url: str, *, model: str | None, template: Template, timeout: float, max_retries: int,
+    base_url: str | list[str], *, model: str | None, template: Template, timeout: float, max_retries: int,
     ca_bundle: str | None, max_length: int | None = None,
 ) -> Any:
     """A VLLMScorer; its API key comes from $VLLM_API_KEY only: a --api-key flag would show in `ps` and
@@ -285,7 +286,8 @@ def _vllm_scorer(
         if not Path(ca_bundle).is_file():
             raise ValueError(f"--ca-bundle {ca_bundle!r} is not a file")
         options["verify"] = ca_bundle
-    return VLLMScorer(base_url, **options)
+    # One URL stays a string, so messages and reprs read as they did before replicas.
+    return VLLMScorer(base_url[0] if isinstance(base_url, list) and len(base_url) == 1 else base_url, **options)
 
 
 # ------------------------------------------------------------------------------------------------ rerank
@@ -421,7 +423,12 @@ def _engine_scorer(model: str | None, *, dtype: DType, source: Source, max_lengt
 # ------------------------------------------------------------------------------------------------ check-server
 @app.command("check-server")
 def check_server(
-    url: Annotated[str, typer.Argument(metavar="URL", help="The vLLM server, e.g. http://localhost:8000.")],
+    url: Annotated[
+        list[str],
+        typer.Argument(metavar="URL...", show_default=False,
+                       help="The vLLM server, e.g. http://localhost:8000; several URLs check each replica and that "
+                       "they agree."),
+    ],
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", show_default=False,

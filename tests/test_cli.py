@@ -277,6 +277,36 @@ def test_api_key_comes_from_the_environment_and_is_never_printed(vllm_legacy_ser
     assert invoke("check-server", vllm_legacy_server.base_url, "--api-key", "x").exit_code == 2  # no such flag
 
 
+@pytest.fixture
+def second_legacy_server(reference_model, vllm_standin_tokenizer):
+    """Another stand-in of the legacy server's configuration (a replica)."""
+    from tests.vllm_standin import VLLMStandIn
+
+    server = VLLMStandIn("legacy", model=reference_model[0], tokenizer=vllm_standin_tokenizer)
+    yield server
+    server.close()
+
+
+def test_replicas_rerank_and_check_server(vllm_legacy_server, second_legacy_server, reference_scorer, documents):
+    docs = [doc for doc in documents if doc.strip()] * 12  # more than one batch (64), so two requests
+    args = ["--backend", "vllm", "--base-url", vllm_legacy_server.base_url, "--base-url",
+            second_legacy_server.base_url, "--max-retries", "0", "--format", "json", "--top-n", str(len(docs))]
+    result = invoke("rerank", QUERY, *args, stdin="\n".join(docs))
+    assert result.exit_code == 0, result.output
+    expected = reference_scorer.score(QUERY, docs)
+    assert {row["index"]: row["score"] for row in json.loads(result.stdout)} == pytest.approx(
+        dict(enumerate(expected)), abs=1e-5)
+    assert vllm_legacy_server.scoring_requests() and second_legacy_server.scoring_requests()  # both served
+    urls = [vllm_legacy_server.base_url, second_legacy_server.base_url]
+    agreeing = invoke("check-server", *urls, "--min-gap", "-1")
+    assert agreeing.exit_code == 0, agreeing.output
+    assert all(url in agreeing.stdout for url in urls)
+    second_legacy_server.max_model_len = 2048  # a replica started with another context: incomparable cuts
+    disagreeing = invoke("check-server", *urls, "--min-gap", "-1")
+    assert disagreeing.exit_code == 1, disagreeing.output
+    assert "disagree" in disagreeing.stdout.lower()
+
+
 def test_unreachable_server_exits_3_with_one_line(unused_port_url):
     assert_one_line_error(invoke("check-server", unused_port_url, "--max-retries", "0"), 3, "127.0.0.1")
     result = invoke("rerank", QUERY, "--backend", "vllm", "--base-url", unused_port_url, "--max-retries", "0",

@@ -399,3 +399,13 @@ def test_the_pool_picks_the_least_outstanding_replica_ties_in_turn():
     assert pool.replicas[2].failures == 1
     assert all(pool.acquire(set()).index != 2 for _ in range(4))
     assert pool.acquire({0, 1}).index == 2  # only the set-aside one is left: tried rather than failing the call
+
+
+def test_adapters_from_vllm_take_a_list_of_replicas(fleet):
+    from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
+    from qwen3_rerank_integrations.llama_index import Qwen3RerankPostprocessor
+
+    urls = [server.base_url for server in fleet[:2]]
+    for adapter in (Qwen3RerankCompressor, Qwen3RerankPostprocessor):
+        reranker = adapter.from_vllm(urls, top_n=2, max_retries=0)
+        assert reranker.scorer.base_urls == urls and reranker.top_n == 2
