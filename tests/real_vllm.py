@@ -261,6 +261,10 @@ class VLLMServerPool:
         following = SERVER_KINDS[position + 1 : position + 2]
         if following and following[0] not in self.failed and len(self.running) < self.max_alive:
             self._launch(following[0])
+        return self._ready(kind)
+
+    def _ready(self, kind: str) -> RunningServer:
+        """The launched server of ``kind`` once healthy; a failed start is remembered (and not retried)."""
         server = self.running[kind]
         try:
             server.wait_ready(self.timeout)
@@ -281,18 +285,7 @@ class VLLMServerPool:
             self.stop(other)
         for kind in kinds:
             self._launch(kind)
-        servers = []
-        for kind in kinds:
-            server = self.running[kind]
-            try:
-                server.wait_ready(self.timeout)
-            except VLLMServerError as exc:
-                del self.running[kind]
-                self.failed[kind] = exc
-                raise
-            self.startup_s.setdefault(kind, round(server.startup_s or 0.0, 1))
-            servers.append(server)
-        return servers
+        return [self._ready(kind) for kind in kinds]
 
     def _launch(self, kind: str) -> None:
         if kind in self.running:
