@@ -258,6 +258,17 @@ def _ca_bundle_option(**extra: Any) -> Any:
 
 
 # The backend options as rerank and eval take them, grouped in their help panels.
+def _backend_option(verb: str) -> Any:
+    return typer.Option(help=f"{verb} in this process (local: transformers; engine: vLLM's engine, needs vLLM "
+                        "installed), or on a vLLM server.")
+
+
+def _rerank_model_option(*names: str) -> Any:
+    return typer.Option(*names, show_default=False,
+                        help=f"Local and engine backends: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
+                        "vLLM backend: the served model name (default: the one the server serves).")
+
+
 _LocalDTypeOption = Annotated[DType, _dtype_option(rich_help_panel=_LOCAL_PANEL)]
 _LocalSourceOption = Annotated[Source, _source_option(rich_help_panel=_LOCAL_PANEL)]
 _BaseUrlOption = Annotated[
@@ -302,19 +313,8 @@ def rerank(
             help="Documents, one per line, or JSONL objects with a 'text' field. '-' or nothing reads stdin.",
         ),
     ] = "-",
-    backend: Annotated[
-        Backend,
-        typer.Option(help="Score in this process (local: transformers; engine: vLLM's engine, needs vLLM "
-                     "installed), or on a vLLM server."),
-    ] = Backend.local,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", show_default=False,
-            help=f"Local and engine backends: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
-            "vLLM backend: the served model name (default: the one the server serves).",
-        ),
-    ] = None,
+    backend: Annotated[Backend, _backend_option("Score")] = Backend.local,
+    model: Annotated[str | None, _rerank_model_option("--model", "-m")] = None,
     instruction: Annotated[
         str | None,
         typer.Option(help="Task instruction (default: the model card's web-search instruction).", show_default=False),
@@ -705,17 +705,8 @@ def eval_command(
         typer.Option(rich_help_panel=_EVAL_PANEL,
                      help="Keep scores in DIR/score-cache and reuse them; --no-cache rescores everything."),
     ] = True,
-    backend: Annotated[
-        Backend,
-        typer.Option(help="Rerank in this process (local: transformers; engine: vLLM's engine, needs vLLM "
-                     "installed), or on a vLLM server."),
-    ] = Backend.local,
-    rerank_model: Annotated[
-        str | None,
-        typer.Option(show_default=False,
-                     help=f"Local and engine backends: a checkpoint folder or hub id (default {DEFAULT_MODEL}). "
-                     "vLLM backend: the served model name (default: the one the server serves)."),
-    ] = None,
+    backend: Annotated[Backend, _backend_option("Rerank")] = Backend.local,
+    rerank_model: Annotated[str | None, _rerank_model_option()] = None,
     max_length: Annotated[
         int | None,
         typer.Option(min=1, show_default=False,
