@@ -359,7 +359,7 @@ class LocalScorer(ScorerBase):
 
         The last call's prefix is remembered: a call with the same instruction reuses its keys/values for the
         tokens the two prefixes share (a token's keys/values depend only on the tokens before it) and computes
-        only the rest (the new query). Only the latest prefix is kept (0.1 MiB a token for the 0.6B in fp32).
+        only the rest (the new query). Only the latest prefix is kept (0.2 MiB a token for the 0.6B in fp32).
         """
         import torch
 
