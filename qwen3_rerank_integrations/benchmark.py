@@ -97,10 +97,12 @@ class BenchmarkReport(BaseModel):
     def table(self) -> str:
         """A plain-text table, one row per method, with speed ratios against the baselines."""
         official, crossencoder = self.result("official"), self.result("crossencoder")
+        load = "" if self.load_average == (None, None) else (
+            f" load average={self.load_average[0]} -> {self.load_average[1]}"
+        )
         lines = [
             f"device={self.device} dtype={self.dtype} model={self.model} "
-            f"documents={self.documents} tokens={self.real_tokens} load average={self.load_average[0]} -> "
-            f"{self.load_average[1]}",
+            f"documents={self.documents} tokens={self.real_tokens}{load}",
             f"{'method':<14}{'seconds':>9}{'tokens/s':>11}{'pairs/s':>9}{'peak GiB':>10}"
             f"{'x official':>12}{'x CrossEnc':>12}{'max|Δ| vs official':>20}",
         ]

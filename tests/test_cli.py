@@ -447,12 +447,15 @@ def test_bench_errors_exit_with_one_line(monkeypatch, tiny_model_dir):
     # Unmocked: the real benchmark resolves the device first.
     assert_one_line_error(invoke("bench", "--device", "npu:7"), 3, "npu")
 
-    def failing_worker(command, **kwargs):  # every worker process dies with an import error
-        return subprocess.CompletedProcess(command, 1, stdout="", stderr="Traceback ...\nImportError: no module x\n")
+    real_popen = subprocess.Popen
 
-    monkeypatch.setattr("qwen3_rerank_integrations.benchmark.subprocess.run", failing_worker)
+    def failing_worker(command, **kwargs):  # every worker process dies with an import error
+        code = "import sys; sys.stderr.write('Traceback ...\\nImportError: no module x\\n'); sys.exit(1)"
+        return real_popen([sys.executable, "-c", code], **kwargs)
+
+    monkeypatch.setattr("qwen3_rerank_integrations.benchmark.subprocess.Popen", failing_worker)
     result = invoke("bench", "--model", str(tiny_model_dir))
-    assert result.stderr.startswith("running official")  # progress, then the one error line
+    assert result.stderr.startswith("loading official")  # progress, then the one error line
     assert result.exit_code == 3 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines()[-1] == "Error: benchmark worker 'official' failed: ImportError: no module x"
 
