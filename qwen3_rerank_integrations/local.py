@@ -7,8 +7,9 @@ the official snippet slow and memory-hungry) we run the decoder body and take on
 precomputed ``W[yes] − W[no]`` row, in fp32.
 
 The part every prompt of a call shares (system prompt, instruction, query: ~80 tokens) is run once and its
-keys/values reused for every document, and across calls for the tokens the next call's prefix shares with it
-(the system prompt and instruction). The rest is batched from length-sorted prompts under a token budget and a
+keys/values reused for every document; the system prompt's keys/values are computed once per model and reused
+by every call. The split is fixed (system prompt, then the rest of the shared part, then the tails), so a call's
+scores never depend on the calls before it. The rest is batched from length-sorted prompts under a token budget and a
 padding bound (on CPU a padded token costs as much as a real one), right-padded after the shared part so each
 row keeps the positions it would have alone; keys/values are never kept past their layer. Scores come back in
 input order.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
@@ -102,7 +102,7 @@ class LocalScorer(ScorerBase):
     _config: Any = PrivateAttr(None)
     _model: Any = PrivateAttr(None)
     _head: Any = PrivateAttr(None)  # W[yes] - W[no], fp32, on the model's device
-    _prefix_memo: Any = PrivateAttr(None)  # (tokens, per-layer keys/values) of the last shared prompt prefix
+    _system_kv: Any = PrivateAttr(None)  # per-layer keys/values of the system prompt (PromptEncoder.prefix_ids)
     _torch_device: Any = PrivateAttr(None)
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
 
@@ -296,7 +296,7 @@ class LocalScorer(ScorerBase):
         weight = model.get_output_embeddings().weight
         self._head = (weight[encoder.yes_id].float() - weight[encoder.no_id].float()).detach().to(device)
         self._model = model
-        self._prefix_memo = None
+        self._system_kv = None
         logger.info("loaded %s on %s as %s", self.model, device, dtype)
 
     # ----------------------------------------------------------------------------------------- compute
@@ -346,40 +346,43 @@ class LocalScorer(ScorerBase):
 
     def _reusable_prefix_length(self, ids: list[list[int]]) -> int:
         """Tokens at the start of every prompt whose keys/values are computed once, leaving each prompt at least
-        one token of its own: the prefix all prompts of the call share, or, for a single prompt, what it shares
-        with the prefix remembered from the previous call (system prompt, instruction and often the query)."""
+        one token of its own: the prefix all prompts of the call share; for a single prompt, the system prompt."""
         if len(ids) > 1:
             return _shared_prefix_length(ids)
-        memo = self._prefix_memo
-        return 0 if memo is None else min(_common_length(memo[0], ids[0]), len(ids[0]) - 1)
+        system = self._ensure_encoder().prefix_ids
+        return len(system) if ids[0][: len(system)] == system and len(ids[0]) > len(system) else 0
 
     def _prefix_cache(self, prefix: list[int]) -> list[tuple[Any, Any]]:
         """Keys/values (per layer, batch 1) of the prompt part every document shares (system prompt, instruction,
         query), computed once per call instead of once per document.
 
-        The last call's prefix is remembered: a call with the same instruction reuses its keys/values for the
-        tokens the two prefixes share (a token's keys/values depend only on the tokens before it) and computes
-        only the rest (the new query). Only the latest prefix is kept (0.2 MiB a token for the 0.6B in fp32).
+        Always in the same two passes: the system prompt (computed once per model and kept, 0.2 MiB a token for
+        the 0.6B in fp32: ~8 MiB), then the rest on top of it. A fixed split keeps scores independent of earlier
+        calls (a history-dependent split would move them by ~1e-7: other matrix shapes, other rounding).
         """
+        system = self._ensure_encoder().prefix_ids
+        if prefix[: len(system)] != system:  # not a PromptEncoder prompt: no shared system part to reuse
+            return self._compute_prefix(prefix, None, 0)
+        if self._system_kv is None:
+            self._system_kv = self._compute_prefix(system, None, 0)
+        if len(prefix) == len(system):
+            return self._system_kv
+        return self._compute_prefix(prefix[len(system) :], self._system_kv, len(system))
+
+    def _compute_prefix(self, tokens: list[int], known: list[tuple[Any, Any]] | None, start: int) -> Any:
+        """Per-layer keys/values of ``known`` followed by ``tokens`` (at positions from ``start``)."""
         import torch
 
-        memo = self._prefix_memo
-        reused = 0 if memo is None else _common_length(memo[0], prefix)
-        if memo is not None and reused == len(prefix):
-            return [(k[:, :, :reused], v[:, :, :reused]) for k, v in memo[1]]
-        known = [(k[:, :, :reused], v[:, :, :reused]) for k, v in memo[1]] if memo is not None and reused else None
         cache = _new_prefix_cache(known, self._model.config.num_hidden_layers, keep=True)
         model = self._model.base_model
         with torch.inference_mode():
             model(
-                input_ids=torch.tensor([prefix[reused:]], device=self.torch_device),
-                position_ids=torch.arange(reused, len(prefix), device=self.torch_device).unsqueeze(0),
+                input_ids=torch.tensor([tokens], device=self.torch_device),
+                position_ids=torch.arange(start, start + len(tokens), device=self.torch_device).unsqueeze(0),
                 use_cache=True,
                 **{_cache_argument(model): cache},
             )
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        self._prefix_memo = (tuple(prefix), layers)
-        return layers
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _forward(self, tails: list[list[int]], prefix_cache: list[tuple[Any, Any]] | None) -> list[float]:
         """Scores of one batch of prompt tails that follow the cached shared prefix.
@@ -497,14 +500,6 @@ def _batch_size(lengths: list[int], start: int, most: int, fits: int, slack: flo
         total += candidate
         size += 1
     return size
-
-
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common token prefix of ``a`` and ``b``."""
-    length, limit = 0, min(len(a), len(b))
-    while length < limit and a[length] == b[length]:
-        length += 1
-    return length
 
 
 def _cache_argument(model: Any) -> str:

@@ -383,9 +383,9 @@ def _prefix_tokens_computed(scorer, monkeypatch) -> list[int]:
     return counts
 
 
-def test_prefix_reused_across_calls_equals_reference(tiny_model_dir, reference_model, documents, monkeypatch):
-    # The second query reuses the first call's system-prompt + instruction keys/values and computes only its own
-    # query; a new instruction reuses the system prompt only; a single document reuses the remembered prefix.
+def test_system_prompt_reused_across_calls_equals_reference(tiny_model_dir, reference_model, documents, monkeypatch):
+    # The system prompt's keys/values are computed once (alone); each call computes the rest of its shared part
+    # (instruction, query) on top of them; a single document computes no prefix at all.
     scorer = LocalScorer(str(tiny_model_dir), device="cpu").load()
     computed = _prefix_tokens_computed(scorer, monkeypatch)
     other = "Which city is the seat of the Chinese government?"
@@ -396,19 +396,21 @@ def test_prefix_reused_across_calls_equals_reference(tiny_model_dir, reference_m
                  reference_scores(*reference_model, other, documents, instruction=instruction))
     assert_close(scorer.score(other, documents[:1], instruction=instruction),
                  reference_scores(*reference_model, other, documents[:1], instruction=instruction))
-    whole, query_only, after_system = computed[:3]
-    assert len(computed) == 3  # the single document computed no prefix at all: it reused the remembered one
-    assert 0 < query_only < after_system < whole  # each call computed only what the last one did not share
+    system = len(scorer._ensure_encoder().prefix_ids)
+    assert computed[0] == system and len(computed) == 4  # system once, then one rest per multi-document call
+    assert all(0 < rest for rest in computed[1:])
 
 
-def test_prefix_reuse_on_and_off_give_the_same_scores(tiny_model_dir, local_scorer, documents):
-    # A warm scorer (prefix remembered, reused) and a fresh one (everything computed) agree, in any call order.
+def test_scores_do_not_depend_on_earlier_calls(tiny_model_dir, documents):
+    # A warm scorer (system prompt kept, other queries and instructions scored before) and a fresh one give the
+    # same floats, bit for bit, in any call order: the prefix is always split the same way.
     warm = LocalScorer(str(tiny_model_dir), device="cpu").load()
     warm.score("an unrelated query that shares the instruction", documents)
+    warm.score(QUERY, documents[:1], instruction="Another instruction")
     for query in (QUERY, "capital", QUERY):
         fresh = LocalScorer(str(tiny_model_dir), device="cpu").load()
-        assert_close(warm.score(query, documents), fresh.score(query, documents))
-        assert_close(warm.score(query, documents[3:4]), fresh.score(query, documents[3:4]))
+        assert warm.score(query, documents) == fresh.score(query, documents)
+        assert warm.score(query, documents[3:4]) == fresh.score(query, documents[3:4])
 
 
 def test_mixed_lengths_in_several_padded_batches_equal_reference(tiny_model_dir, reference_model, monkeypatch):
