@@ -215,7 +215,7 @@ class VLLMEngineScorer(ScorerBase):
         import json
         from importlib import metadata
 
-        from .cache import model_identity
+        from ._model_identity import model_identity
         from .devices import resolve_device
 
         builds = {}

@@ -431,7 +431,7 @@ class LocalScorer(ScorerBase):
         the hub snapshot's commit), the dtype and device kind it computes in, and ``max_length``. Once the
         model is loaded, the revision it was loaded at stays, even if its files are replaced later.
         """
-        from .cache import model_identity
+        from ._model_identity import model_identity
 
         device = self.torch_device
         return {

@@ -399,7 +399,7 @@ class VLLMScorer(ScorerBase):
         return await self._driver().arun(self._identity_plan())
 
     def _identity_plan(self) -> Plan[dict[str, Any]]:
-        from .cache import public_url
+        from ._model_identity import public_url
 
         context = yield from self._fitting().limit_plan()
         urls = self.base_url if isinstance(self.base_url, str) else sorted(map(public_url, self.base_url))

@@ -247,7 +247,7 @@ def _first_stage(
 
 
 def _sha256(path: Path) -> str:
-    from ..cache import _file_digest
+    from .._model_identity import _file_digest
 
     return _file_digest(str(path)).hex()
 
