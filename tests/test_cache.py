@@ -558,7 +558,8 @@ def test_thread_safe_under_concurrent_calls_with_eviction():
     inner = CountingScorer()
     cache = InMemoryScoreCache(max_entries=20)  # small: evictions race with lookups
     scorer = CachedScorer(scorer=inner, cache=cache)
-    calls = [[f"doc {(i * 13 + j) % 60}" for j in range(10)] for i in range(400)]
+    # Each call shares 7 documents with the one before it, so even taken one at a time the calls hit.
+    calls = [[f"doc {(i * 3 + j) % 60}" for j in range(10)] for i in range(400)]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda docs: scorer.score(QUERY, docs), calls))
