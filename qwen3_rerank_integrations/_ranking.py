@@ -43,10 +43,6 @@ def rank(scores: Sequence[float], *, top_n: int | None, score_threshold: float |
     return kept if top_n is None else kept[:top_n]
 
 
-# The check every scorer's answer gets lives with the backend base; the old names stay for their importers.
-_checked_scores = checked_scores
-
-
 def _check_options(top_n: object, score_threshold: object) -> None:
     """Reject bad ranking options by name, before any scoring (the adapters' fields check the same)."""
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):

@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .._ranking import _checked_scores, _scorer_errors
+from .._ranking import _scorer_errors
+from ..base import checked_scores
 from ..errors import ModelLoadError
 from ..scorer import Scorer, validate_inputs
 from .data import BeirData, Run, load_beir, ranked, read_run, write_atomic, write_run
@@ -286,7 +287,7 @@ def _rerank_all(
         for index, instruction in enumerate(instructions):
             with _scorer_errors(scorer):
                 answer = scorer.score(data.queries[query_id], texts, instruction=instruction)
-            scores[index][query_id] = _checked_scores(scorer, answer, len(texts))
+            scores[index][query_id] = checked_scores(scorer, answer, len(texts))
     return scores
 
 
@@ -384,7 +385,7 @@ def run_evaluation(
 
 
 def _reranker_name(scorer: object) -> str:
-    from .._ranking import scorer_name  # never a URL: it may carry credentials
+    from ..base import scorer_name  # never a URL: it may carry credentials
 
     return scorer_name(scorer)
 
