@@ -17,6 +17,7 @@ input order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -505,9 +506,15 @@ def _batch_size(lengths: list[int], start: int, most: int, fits: int, slack: flo
 def _cache_argument(model: Any) -> str:
     """The keyword a transformers model takes its key/value cache by: ``cache`` in transformers >= 5.x (where
     ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    return _cache_argument_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(model_class: type) -> str:
+    # Read once per model class, not once per batch: the signature does not change.
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 _PREFIX_LAYER_CLASS: Any = None
