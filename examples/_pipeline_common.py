@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 from qwen3_rerank_integrations.evaluation import DEFAULT_EMBED_MODEL  # torch-free to import
 from qwen3_rerank_integrations.local import DEFAULT_MODEL as DEFAULT_RERANK_MODEL  # torch-free to import
 # A URL fit to show: without `user:password@` (VLLMScorer sends them as Basic auth and never shows them).
-from qwen3_rerank_integrations._vllm_protocol import display_url
+from qwen3_rerank_integrations.vllm.protocol import display_url
 
 if TYPE_CHECKING:
     from qwen3_rerank_integrations import Scorer

@@ -29,7 +29,7 @@ from qwen3_rerank_integrations import (
     ServerTimeoutError,
     VLLMScorer,
 )
-from qwen3_rerank_integrations import _vllm_protocol as protocol
+from qwen3_rerank_integrations.vllm import protocol
 from qwen3_rerank_integrations.cli import app
 from qwen3_rerank_integrations.errors import ResponseTooLargeError
 from tests.vllm_standin import VLLMStandIn

@@ -13,9 +13,10 @@ import zlib
 import pytest
 
 from qwen3_rerank_integrations import BadRequestError, ServerConnectionError, ServerError, VLLMScorer
-from qwen3_rerank_integrations._vllm_protocol import TransientError
-from qwen3_rerank_integrations._vllm_transport import Attempt, ReplicaPool, backoff_wait, decide
-from qwen3_rerank_integrations.vllm import CANARY_RELEVANT, ServerCheck
+from qwen3_rerank_integrations.vllm.protocol import TransientError
+from qwen3_rerank_integrations.vllm.transport import Attempt, ReplicaPool, backoff_wait, decide
+from qwen3_rerank_integrations.vllm import ServerCheck
+from qwen3_rerank_integrations.vllm.check import CANARY_RELEVANT
 from tests.vllm_standin import VLLMStandIn
 
 QUERY = "What is the capital of China?"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from qwen3_rerank_integrations import VLLMScorer
 from qwen3_rerank_integrations.cli import app
-from qwen3_rerank_integrations.vllm import CANARY_RELEVANT, _CheckState
+from qwen3_rerank_integrations.vllm.check import CANARY_RELEVANT, CheckState
 
 FIX_COMMAND = "from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE"
 
@@ -59,7 +59,7 @@ def test_a_server_that_cannot_render_messages_leaves_a_doubt(vllm_template_serve
 
 
 def test_other_template_differences_name_the_first_differing_token(vllm_template_server):
-    state = _CheckState(VLLMScorer(vllm_template_server.base_url, template="server"))
+    state = CheckState(VLLMScorer(vllm_template_server.base_url, template="server"))
     assert state.judge_rendered_ids([[1, 2, 3]], [[1, 2, 3]]) and state.warnings == []
     assert not state.judge_rendered_ids([[1, 2, 3], [1, 9, 3, 4]], [[1, 2, 3], [1, 2, 3, 4]])
     (warning,) = state.warnings

@@ -17,7 +17,8 @@ from qwen3_rerank_integrations import (
     ServerTimeoutError,
     VLLMScorer,
 )
-from qwen3_rerank_integrations.vllm import CANARY_RELEVANT, ServerCheck
+from qwen3_rerank_integrations.vllm import ServerCheck
+from qwen3_rerank_integrations.vllm.check import CANARY_RELEVANT
 from tests.vllm_standin import VLLMStandIn
 
 QUERY = "What is the capital of China?"

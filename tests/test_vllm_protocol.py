@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from qwen3_rerank_integrations import _vllm_protocol as protocol
+from qwen3_rerank_integrations.vllm import protocol
 from qwen3_rerank_integrations.errors import (
     AuthenticationError,
     BadRequestError,

@@ -223,7 +223,7 @@ def test_tls_is_verified_by_default():
 
     import certifi
 
-    from qwen3_rerank_integrations._vllm_transport import client_options
+    from qwen3_rerank_integrations.vllm.transport import client_options
 
     assert client_options(VLLMScorer("https://vllm.example"))["verify"] is True
     context = client_options(VLLMScorer("https://vllm.example", verify=certifi.where()))["verify"]

@@ -15,15 +15,15 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from . import _secrets
-from . import _vllm_protocol as protocol
-from ._vllm_fitting import Fitting, context_from_models, token_ids
-from ._vllm_protocol import Call
-from ._vllm_transport import Plan
-from .errors import InvalidResponseError, RemoteError, ServerConnectionError, ServerTimeoutError
-from .prompt import DEFAULT_INSTRUCTION, escape_control_tokens
+from .. import _secrets
+from . import protocol
+from .fitting import Fitting, context_from_models, token_ids
+from .protocol import Call
+from .transport import Plan
+from ..errors import InvalidResponseError, RemoteError, ServerConnectionError, ServerTimeoutError
+from ..prompt import DEFAULT_INSTRUCTION, escape_control_tokens
 
-__all__ = ["ServerCheck", "Checker", "combine", "CANARY_QUERY", "CANARY_RELEVANT", "CANARY_IRRELEVANT"]
+__all__ = ["ServerCheck", "Checker", "CheckState", "combine", "CANARY_QUERY", "CANARY_RELEVANT", "CANARY_IRRELEVANT"]
 
 # The canary of check(): one document answers the query, one does not. A working Qwen3-Reranker scores them
 # near 1 and near 0.
@@ -148,7 +148,7 @@ class ServerCheck(BaseModel):
         return self.summary()
 
 
-class _CheckState:
+class CheckState:
     """What check() has learned so far; turned into a ServerCheck even when a step fails."""
 
     def __init__(self, scorer: Settings, url: str | None = None) -> None:
@@ -301,7 +301,7 @@ class Checker:
         s = self.settings
         return protocol.scoring_call(query, documents, instruction, template=s.template, route=s.route, model=s.model)
 
-    def check_plan(self, state: _CheckState, min_gap: float) -> Plan[None]:
+    def check_plan(self, state: CheckState, min_gap: float) -> Plan[None]:
         (health,) = yield [Call("GET", protocol.HEALTH_PATH, tolerate=(RemoteError,))]
         if isinstance(health, (ServerConnectionError, ServerTimeoutError)):
             raise health

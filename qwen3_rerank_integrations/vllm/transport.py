@@ -33,10 +33,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from . import _http
-from . import _vllm_protocol as protocol
-from ._vllm_protocol import Call, TransientError
-from .errors import (
+from . import http as _http
+from . import protocol
+from .protocol import Call, TransientError
+from ..errors import (
     InvalidResponseError,
     RemoteError,
     RerankError,

@@ -1,7 +1,7 @@
 """Fitting long documents into a vLLM server's context, the official way: cut at the tail, token-level, the
 suffix kept (see :meth:`~qwen3_rerank_integrations.vllm.VLLMScorer.score`).
 
-Each operation is a plan (see :mod:`qwen3_rerank_integrations._vllm_transport`): token counts come from the
+Each operation is a plan (see :mod:`qwen3_rerank_integrations.vllm.transport`): token counts come from the
 server's ``/tokenize`` and ``/detokenize`` (any replica: replicas serve one model, which ``check()`` verifies),
 or from a local ``tokenizer``.
 """
@@ -12,12 +12,12 @@ import logging
 import threading
 from typing import Any, Protocol
 
-from . import _secrets
-from . import _vllm_protocol as protocol
-from ._vllm_protocol import Call
-from ._vllm_transport import Plan
-from .errors import BadRequestError, InvalidResponseError, RerankError, RouteNotFoundError
-from .prompt import PREFIX, SUFFIX, document_part, document_side, query_part, query_side
+from .. import _secrets
+from . import protocol
+from .protocol import Call
+from .transport import Plan
+from ..errors import BadRequestError, InvalidResponseError, RerankError, RouteNotFoundError
+from ..prompt import PREFIX, SUFFIX, document_part, document_side, query_part, query_side
 
 __all__ = ["FitCache", "Fitting", "context_from_models", "token_ids"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from ._secrets import snippet
-from .errors import (
+from .._secrets import snippet
+from ..errors import (
     AuthenticationError,
     BadRequestError,
     InvalidResponseError,
@@ -28,7 +28,7 @@ from .errors import (
     ServerError,
     ServerResponseError,
 )
-from .prompt import document_side, escape_control_tokens, query_side
+from ..prompt import document_side, escape_control_tokens, query_side
 
 __all__ = [
     "Call",

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
-from .errors import ResponseTooLargeError
+from ..errors import ResponseTooLargeError
 
 __all__ = ["Deadline", "BodyReader", "READ_BYTES", "ERROR_BODY_BYTES", "response_limit", "bound_client"]
 

@@ -16,8 +16,8 @@ over the replicas when ``base_url`` lists several.
 
 Each operation is written once as a *plan*, a generator that yields lists of HTTP calls and receives their JSON
 bodies, and run by the sync or the async driver. The parts live in their own modules: HTTP, retries and replicas
-in :mod:`._vllm_transport`, fitting long documents in :mod:`._vllm_fitting`, the server check in
-:mod:`._vllm_check`, the wire protocol in :mod:`._vllm_protocol`.
+in :mod:`.transport`, fitting long documents in :mod:`.fitting`, the server check in
+:mod:`.check`, the wire protocol in :mod:`.protocol`.
 """
 
 from __future__ import annotations
@@ -30,22 +30,16 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from . import _secrets, _vllm_check
-from . import _vllm_protocol as protocol
-from ._vllm_check import (  # noqa: F401  (public names kept importable from here)
-    CANARY_IRRELEVANT,
-    CANARY_QUERY,
-    CANARY_RELEVANT,
-    Checker,
-    ServerCheck,
-    _CheckState,
-)
-from ._vllm_fitting import FitCache, Fitting
-from ._vllm_transport import Connections, Driver, Plan
-from .base import ScorerBase
-from .errors import RerankError
+from .. import _secrets
+from . import check as _check_module
+from . import protocol
+from .check import Checker, CheckState, ServerCheck
+from .fitting import FitCache, Fitting
+from .transport import Connections, Driver, Plan
+from ..base import ScorerBase
+from ..errors import RerankError
 
-__all__ = ["VLLMScorer", "ServerCheck", "API_KEY_ENV"]
+__all__ = ["VLLMScorer", "API_KEY_ENV"]
 
 API_KEY_ENV = "VLLM_API_KEY"  # the variable `vllm serve` itself reads for --api-key
 
@@ -311,13 +305,13 @@ class VLLMScorer(ScorerBase):
         # One thread per replica: a replica that does not answer costs its retries once, not once per replica.
         with concurrent.futures.ThreadPoolExecutor(len(urls), thread_name_prefix="vllm-check") as pool:
             reports = list(pool.map(lambda i: self._check_one(i, min_gap), range(len(urls))))
-        return _vllm_check.combine(reports, urls)
+        return _check_module.combine(reports, urls)
 
     async def acheck(self, *, min_gap: float = 0.5) -> ServerCheck:
         """Async twin of :meth:`check`."""
         urls = self.base_urls
         reports = await asyncio.gather(*(self._acheck_one(i, min_gap) for i in range(len(urls))))
-        return reports[0] if len(urls) == 1 else _vllm_check.combine(list(reports), urls)
+        return reports[0] if len(urls) == 1 else _check_module.combine(list(reports), urls)
 
     def close(self) -> None:
         """Close the sync HTTP client (the async one is closed by :meth:`aclose`)."""
@@ -348,7 +342,7 @@ class VLLMScorer(ScorerBase):
         return Fitting(self, self._state.fitting)
 
     def _check_one(self, index: int, min_gap: float) -> ServerCheck:
-        state = _CheckState(self, self.base_urls[index])
+        state = CheckState(self, self.base_urls[index])
         try:
             self._driver(index).run(Checker(self, self._fitting()).check_plan(state, min_gap))
         except RerankError as exc:
@@ -356,7 +350,7 @@ class VLLMScorer(ScorerBase):
         return state.result()
 
     async def _acheck_one(self, index: int, min_gap: float) -> ServerCheck:
-        state = _CheckState(self, self.base_urls[index])
+        state = CheckState(self, self.base_urls[index])
         try:
             await self._driver(index).arun(Checker(self, self._fitting()).check_plan(state, min_gap))
         except RerankError as exc:
@@ -399,7 +393,7 @@ class VLLMScorer(ScorerBase):
         return await self._driver().arun(self._identity_plan())
 
     def _identity_plan(self) -> Plan[dict[str, Any]]:
-        from ._model_identity import public_url
+        from .._model_identity import public_url
 
         context = yield from self._fitting().limit_plan()
         urls = self.base_url if isinstance(self.base_url, str) else sorted(map(public_url, self.base_url))
