@@ -1,6 +1,6 @@
-"""Extending the package: the ScorerBase contract every backend gets, and the README's "Extending" code run as is.
+"""Extending the package: the ScorerBase contract every backend gets, and the code of docs/extending.md run as is.
 
-The README's blocks marked ``<!-- extending-example -->`` are executed here in order, in one namespace, so the
+The page's blocks marked ``<!-- run: extending -->`` are executed here in order, in one namespace, so the
 documented backend and adapter cannot rot; the rest checks what ScorerBase promises a backend author: checks
 before work, no call for no documents, the instruction default, checked answers, the async default off the event
 loop, and the opt-in cache.
@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
-import sys
 import threading
-import types
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,33 +25,18 @@ from qwen3_rerank_integrations import (
     Scorer,
     ScorerBase,
 )
+from tests.doc_blocks import ROOT, blocks_to_run, run_blocks
 
-ROOT = Path(__file__).resolve().parent.parent
 QUERY = "What is the capital of China?"
-MARKER = "<!-- extending-example -->"
 
 
-# ------------------------------------------------------------------------------------------------ the README
-def _readme_examples() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Extending\n") :]
-    section = section[: section.index("\n## ", 1)]
-    blocks = re.findall(re.escape(MARKER) + r"\n```python\n(.*?)```", section, re.DOTALL)
-    assert len(blocks) == section.count(MARKER) == 2, "each marker must sit right above a python block"
-    return blocks
-
-
+# ------------------------------------------------------------------------------------------------ the page
 @pytest.fixture(scope="module")
 def readme_namespace() -> Iterator[dict[str, Any]]:
-    # A real module, as a user's script would be: dataclasses and pydantic look their module up.
-    module = types.ModuleType("readme_extending")
-    sys.modules[module.__name__] = module
-    try:
-        for i, block in enumerate(_readme_examples()):
-            exec(compile(block, f"README.md (Extending, block {i + 1})", "exec"), module.__dict__)
-        yield module.__dict__
-    finally:
-        del sys.modules[module.__name__]
+    blocks = blocks_to_run(ROOT / "docs/extending.md", "extending")
+    assert len(blocks) == 2, "the backend and the adapter"
+    with run_blocks(blocks, "docs_extending") as namespace:
+        yield namespace
 
 
 def test_readme_backend_runs_and_prints_what_its_comments_say(readme_namespace):
@@ -63,11 +44,11 @@ def test_readme_backend_runs_and_prints_what_its_comments_say(readme_namespace):
     scorer = ns["scorer"]
     assert isinstance(scorer, ScorerBase) and isinstance(scorer, Scorer)
     assert isinstance(scorer.cache, InMemoryScoreCache)
-    assert (scorer.cache.stats.hits, scorer.cache.stats.misses) == (1, 3)  # as the README's comment says
+    assert (scorer.cache.stats.hits, scorer.cache.stats.misses) == (1, 3)  # as the page's comment says
     scores = ns["OverlapScorer"]().score(ns["query"], ns["documents"])
     assert scores[0] > 0.9 > 0.1 > scores[1] == scores[2]
     assert ns["result"]["documents"][0].content == "Beijing is the capital of China."
-    assert ns["result"]["documents"][0].score == pytest.approx(0.935, abs=1e-3)  # the README's "0.935..."
+    assert ns["result"]["documents"][0].score == pytest.approx(0.935, abs=1e-3)  # the page's "0.935..."
 
 
 def test_readme_backend_gets_the_whole_contract(readme_namespace):
