@@ -136,8 +136,8 @@ class ScorerBase(BaseModel):
         Raises:
             TypeError, ValueError: bad arguments (before any work).
             RerankError: the backend answered other than one probability per document.
-            Whatever the backend raises, unchanged (the built-in ones raise ModelLoadError, RerankError and its
-            subclasses); :func:`~qwen3_rerank_integrations.rerank` wraps anything else in a RerankError.
+            Exception: whatever the backend raises, unchanged (the built-in ones raise ModelLoadError, RerankError
+                and its subclasses); :func:`~qwen3_rerank_integrations.rerank` wraps anything else in a RerankError.
         """
         docs = validate_inputs(query, documents, instruction)
         if not docs:

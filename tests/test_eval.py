@@ -432,9 +432,9 @@ def cli_args(out: Path, minilm_dir: Path, tiny_model_dir: Path, *, data: Path = 
 
 
 @pytest.mark.slow
-def test_cli_prints_the_readme_sample_and_a_second_run_rescores_nothing(tmp_path, monkeypatch, minilm_dir,
+def test_cli_prints_the_documented_sample_and_a_second_run_rescores_nothing(tmp_path, monkeypatch, minilm_dir,
                                                                           tiny_model_dir):
-    # The README's sample: its first command, with the offline stand-ins under the names the README shows.
+    # The sample of docs/evaluation.md: its first command, with the offline stand-ins under the names it shows.
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "beir_mini").symlink_to(BEIR_MINI)
     (tmp_path / "all-MiniLM-L6-v2").symlink_to(minilm_dir)
@@ -449,8 +449,8 @@ def test_cli_prints_the_readme_sample_and_a_second_run_rescores_nothing(tmp_path
     assert "scored 800 of 800 pairs" in result.stderr
     assert sorted(path.name for path in (out / "runs").iterdir()) == ["default.trec", "first_stage.trec", "qa.trec"]
     assert list(json.loads((out / "metrics.json").read_text("utf-8"))) == ["first_stage", "default", "qa"]
-    readme = (ROOT / "README.md").read_text("utf-8")
-    assert result.stdout in readme, "the README's sample table is not what this command prints"
+    page = (ROOT / "docs/evaluation.md").read_text("utf-8")
+    assert result.stdout in page, "docs/evaluation.md's sample table is not what this command prints"
     written = output_files(out)
 
     result = runner.invoke(app, args)
