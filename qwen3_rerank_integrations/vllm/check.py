@@ -42,13 +42,13 @@ _DOUBLE_NEWLINE_ID, _NEWLINE_ID = 271, 198
 _TEMPLATE_FIX = (
     "restart vLLM with the package's template, --chat-template "
     "\"$(python -c 'from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE; print(RERANKER_TEMPLATE)')\" "
-    "(README, \"vLLM server\"), or use template='client' with a server started without --chat-template"
+    "(docs/vllm.md, \"Start the server\"), or use template='client' with a server started without --chat-template"
 )
 _EMBED_MODE_PROBLEM = (
     "the server runs in embed mode: it answers POST /v1/embeddings, which only an embedding model "
     "(`--convert embed` / `--task embed`) does, and its /rerank and /score return cosine similarities of two "
     "embeddings, not P(yes). Restart it with `--runner pooling` (older vLLM: `--task score`) and the "
-    "Qwen3-Reranker --hf-overrides (README, \"vLLM server\"), without `--convert embed`."
+    "Qwen3-Reranker --hf-overrides (docs/vllm.md, \"Start the server\"), without `--convert embed`."
 )
 # Replicas whose canary scores differ by more than this do not serve the same scores.
 SCORE_TOLERANCE = 1e-5

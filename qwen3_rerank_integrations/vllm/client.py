@@ -79,7 +79,7 @@ class VLLMScorer(ScorerBase):
     base_url: str | list[str] = Field(
         description="The server root, e.g. 'http://localhost:8000' (a trailing '/v1' is accepted and dropped), or "
         "a list of replicas' roots serving the same model: each call's requests are then spread over them and a "
-        "failed request goes to another (README, \"Replicas\"). Credentials in it ('http://user:password@host') "
+        "failed request goes to another (docs/replicas.md). Credentials in it ('http://user:password@host') "
         "are moved to basic_auth, so the URL never shows them."
     )
     model: str | None = Field(

@@ -164,7 +164,7 @@ OUT_OF_RANGE_HINT = (
     "a Qwen3-Reranker served as a classifier returns probabilities. The server most likely runs in embed mode "
     "(`--convert embed` / `--task embed`), where /rerank and /score return cosine similarities of embeddings "
     "(-1 to 1); restart it with `--runner pooling` (older vLLM: `--task score`) and the Qwen3-Reranker "
-    "`--hf-overrides` (README, \"vLLM server\"), and no `--convert embed`."
+    "`--hf-overrides` (docs/vllm.md, \"Start the server\"), and no `--convert embed`."
 )
 
 
