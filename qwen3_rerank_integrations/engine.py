@@ -27,7 +27,7 @@ from .devices import DTypeName
 from .errors import ModelLoadError, RerankError
 from .local import DEFAULT_MODEL, LocalScorer
 from .prompt import PromptEncoder
-from .serve import HF_OVERRIDES, runner_flag_for
+from .serve import HF_OVERRIDES, checkpoint_dtype, runner_flag_for
 from .templates import RERANKER_TEMPLATE
 
 __all__ = ["VLLMEngineScorer"]
@@ -70,7 +70,11 @@ class VLLMEngineScorer(ScorerBase):
         "huggingface", description="Where to download `model` from when it is not a local folder."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
-    dtype: DTypeName = Field("auto", description="vLLM's dtype; 'auto' leaves vLLM's choice for the device.")
+    dtype: DTypeName = Field(
+        "auto",
+        description="vLLM's dtype, always passed explicitly; 'auto': float32 on CPU (the official scores; vLLM's own "
+        "'auto' runs 16 bits there), the checkpoint's own (config.json) on an accelerator.",
+    )
     max_length: int = Field(
         8192, gt=0,
         description="Most tokens per prompt; longer documents lose their tail (prefix/suffix kept). Also the "
@@ -190,7 +194,7 @@ class VLLMEngineScorer(ScorerBase):
             ) from exc
         location = self._host()._model_location()
         kwargs: dict[str, Any] = {"max_model_len": self.max_length, **self.engine_kwargs}
-        kwargs.update(_pooling_mode(vllm), model=location, tokenizer=location, dtype=self.dtype,
+        kwargs.update(_pooling_mode(vllm), model=location, tokenizer=location, dtype=self._dtype_on(_vllm_device()),
                       hf_overrides=dict(HF_OVERRIDES), trust_remote_code=False, load_format="safetensors")
         if self.revision is not None:
             kwargs["revision"] = self.revision
@@ -202,8 +206,18 @@ class VLLMEngineScorer(ScorerBase):
         except Exception as exc:  # vLLM raises many unrelated types for a model it cannot load
             raise ModelLoadError(f"vLLM could not start an engine for model={self.model!r}: {exc}") from exc
         self._max_model_len = kwargs["max_model_len"]
-        logger.info("vLLM %s engine started for %s", getattr(vllm, "__version__", "?"), self.model)
+        logger.info("vLLM %s engine started for %s in %s", getattr(vllm, "__version__", "?"), self.model,
+                    kwargs["dtype"])
         return self._llm
+
+    def _dtype_on(self, device_type: str | None) -> str:
+        """The dtype the engine runs in on ``device_type``: ``dtype``; for 'auto' float32 on CPU or an unknown
+        device, the checkpoint's own on an accelerator (float32 if its config names none)."""
+        if self.dtype != "auto":
+            return self.dtype
+        if device_type in (None, "cpu"):
+            return "float32"
+        return checkpoint_dtype(self._host()._ensure_config()) or "float32"
 
     # ----------------------------------------------------------------------------------------- score cache
     def cache_identity(self) -> dict[str, Any]:
@@ -227,7 +241,7 @@ class VLLMEngineScorer(ScorerBase):
         return {
             "backend": "vllm-engine",
             **model_identity(self._llm, self._host()._model_location, self.revision),
-            "dtype": self.dtype,
+            "dtype": self._dtype_on(resolve_device("auto").type),  # what the engine runs in, 'auto' resolved
             "device": resolve_device("auto").type,  # what 'auto' and vLLM's platform resolve against
             "vllm": builds,
             "max_length": self.max_length,
@@ -244,6 +258,16 @@ def _pooling_mode(vllm: Any) -> dict[str, str]:
 
         runner = "runner" in {f.name for f in dataclasses.fields(EngineArgs)}
     return {"runner": "pooling"} if runner else {"task": "score"}
+
+
+def _vllm_device() -> str | None:
+    """The device type of vLLM's platform here ('cpu', 'cuda', 'npu', ...; None: unknown)."""
+    try:
+        from vllm.platforms import current_platform
+    except Exception:  # an old or stand-in vLLM without platforms
+        return None
+    device = getattr(current_platform, "device_type", None)
+    return str(device) if device else None
 
 
 def _classify(llm: Any, prompts: list[list[int]]) -> list[float]:

@@ -59,6 +59,7 @@ __all__ = [
     "check_model",
     "check_vllm_args",
     "checkpoint_config",
+    "checkpoint_dtype",
     "choose_serving",
     "free_port",
     "probe_vllm",
@@ -394,7 +395,7 @@ def choose_serving(config: ServeConfig, install: VLLMInstall, checkpoint: dict[s
     elif install.device is None:
         dtype, dtype_reason = "float32", "device unknown: float32 keeps the official scores"
     else:
-        own = _checkpoint_dtype(checkpoint)
+        own = checkpoint_dtype(checkpoint)
         dtype, dtype_reason = (
             (own, f"the checkpoint's own, on {install.device}") if own
             else ("float32", "config.json names no dtype")
@@ -414,10 +415,15 @@ def choose_serving(config: ServeConfig, install: VLLMInstall, checkpoint: dict[s
     return ServingChoice(dtype=dtype, dtype_reason=dtype_reason, max_model_len=context, context_reason=context_reason)
 
 
-def _checkpoint_dtype(checkpoint: dict[str, Any] | None) -> str | None:
-    value = (checkpoint or {}).get("dtype") or (checkpoint or {}).get("torch_dtype")  # transformers >= 4.56: dtype
-    value = str(value).removeprefix("torch.") if value else None
-    return value if value in _DTYPES else None
+def checkpoint_dtype(checkpoint: Any) -> str | None:
+    """The dtype a checkpoint was saved in ('float32', 'bfloat16' or 'float16'), from its ``config.json`` (a dict)
+    or a transformers config (``dtype``, ``torch_dtype`` before transformers 4.56); None when it names none."""
+    if isinstance(checkpoint, dict):
+        value = checkpoint.get("dtype") or checkpoint.get("torch_dtype")
+    else:
+        value = getattr(checkpoint, "dtype", None) or getattr(checkpoint, "torch_dtype", None)
+    name = str(value).removeprefix("torch.") if value else None
+    return name if name in _DTYPES else None
 
 
 def _passthrough_values(arguments: list[str]) -> dict[str, str]:
