@@ -17,7 +17,16 @@ from . import protocol
 from .protocol import Call
 from .transport import Plan
 from ..errors import BadRequestError, InvalidResponseError, RerankError, RouteNotFoundError
-from ..prompt import PREFIX, SUFFIX, document_part, document_side, query_part, query_side
+from ..prompt import (
+    PREFIX,
+    SUFFIX,
+    document_part,
+    document_side,
+    query_part,
+    query_side,
+    splits_hold_for,
+    token_prefixes,
+)
 
 __all__ = ["FitCache", "Fitting", "context_from_models", "token_ids"]
 
@@ -70,7 +79,9 @@ class Fitting:
             return docs
         head = query_side(query, instruction)
         tag_bytes = len(DOCUMENT_TAG)  # ASCII, and it ends in a space, which composes with nothing under NFC
-        bounds = [tag_bytes + protocol.max_tokens_bound(d) for d in docs]
+        # NFC joins at most 3 characters into one, so more than 3 * limit characters cannot fit: no need to
+        # normalize a huge document to know it.
+        bounds = [tag_bytes + (protocol.max_tokens_bound(d) if len(d) <= 3 * limit else len(d)) for d in docs]
         fixed = protocol.max_tokens_bound(head) + protocol.max_tokens_bound(SUFFIX)
         if all(fixed + b <= limit for b in bounds):
             return docs
@@ -79,7 +90,7 @@ class Fitting:
         suspects = [i for i, b in enumerate(bounds) if fixed + b > limit]
         if not suspects:
             return docs
-        ids = yield from self.tokenize_plan([head] + [document_part(docs[i]) for i in suspects])
+        ids = yield from self.head_and_documents_plan(head, [document_part(docs[i]) for i in suspects], limit + 1)
         head_n = len(ids[0])
         if head_n + tag_n + suffix_n > limit:
             raise ValueError(
@@ -96,6 +107,26 @@ class Fitting:
         for i, text in cut.items():
             fitted[i] = text
         return fitted
+
+    def head_and_documents_plan(self, head: str, parts: list[str], need: int) -> Plan[list[list[int]]]:
+        """Token ids of ``head`` (whole) and of each document part's first ``need`` tokens, exactly as tokenizing
+        the whole part gives them; a long part is tokenized only that far (:func:`~..prompt.token_prefixes`: safe
+        splits, proved for Qwen's tokenizer, which a local ``tokenizer`` is checked to be and a Qwen3-Reranker
+        server has), so a 20 MB document costs what a short one does. The head rides in the first batch."""
+        if not parts:
+            return (yield from self.tokenize_plan([head]))
+        local = self.local_tokenizer()
+        steps = token_prefixes(parts, need, segmented=local is None or splits_hold_for(local))
+        try:
+            batch = next(steps)
+            ids = yield from self.tokenize_plan([head, *batch])
+            head_ids = ids[0]
+            batch = steps.send(ids[1:])
+            while True:
+                ids = yield from self.tokenize_plan(batch)
+                batch = steps.send(ids)
+        except StopIteration as done:
+            return [head_ids, *done.value]
 
     def fixed_counts_plan(self) -> Plan[tuple[int, int, int]]:
         """Token counts of PREFIX, SUFFIX and the empty document part; asked once, then cached."""
