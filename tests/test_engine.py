@@ -21,7 +21,7 @@ import pytest
 
 from qwen3_rerank_integrations import LocalScorer, ModelLoadError, RerankError, Scorer
 from qwen3_rerank_integrations.engine import VLLMEngineScorer
-from qwen3_rerank_integrations.serve import HF_OVERRIDES
+from qwen3_rerank_integrations.vllm.launch import HF_OVERRIDES
 from tests.reference import ReferenceScorer, format_instruction, official_input_ids
 
 ROOT = Path(__file__).resolve().parent.parent

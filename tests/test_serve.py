@@ -1,4 +1,4 @@
-"""`qwen3-rerank serve` and qwen3_rerank_integrations.serve.
+"""`qwen3-rerank serve`: qwen3_rerank_integrations.vllm.server and the recipe in vllm.launch.
 
 Without vLLM: the command line for each vLLM generation, refused extra arguments, the version probe, and the
 process handling (health wait, log tail, SIGINT/SIGTERM stop the whole process group) against a stand-in
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from qwen3_rerank_integrations.serve import (
-    DEFAULT_CONTEXT,
-    HF_OVERRIDES,
+from qwen3_rerank_integrations.errors import ServerStartError
+from qwen3_rerank_integrations.vllm.launch import DEFAULT_CONTEXT, HF_OVERRIDES, checkpoint_config
+from qwen3_rerank_integrations.vllm.server import (
     ServeConfig,
-    ServerStartError,
     ServingChoice,
     VLLMInstall,
     VLLMServer,
@@ -33,7 +32,6 @@ from qwen3_rerank_integrations.serve import (
     build_command,
     check_model,
     check_vllm_args,
-    checkpoint_config,
     choose_serving,
     free_port,
     probe_vllm,
@@ -628,7 +626,7 @@ print(json.dumps({"read": read, "allow_abbrev": parser.allow_abbrev}))
 def test_real_vllm_parser_expands_or_refuses_every_prefix_serve_refuses(vllm_python):
     """Ground truth for the prefix rule: each prefix serve refuses is, for the real parser, the flag itself or an
     ambiguous abbreviation (an error there), never another flag."""
-    from qwen3_rerank_integrations.serve import _MANAGED_FLAGS, _PASSTHROUGH_FLAGS, _REFUSED_FLAGS
+    from qwen3_rerank_integrations.vllm.server import _MANAGED_FLAGS, _PASSTHROUGH_FLAGS, _REFUSED_FLAGS
 
     watched = [flag for flag in (*_MANAGED_FLAGS, *_REFUSED_FLAGS, *_PASSTHROUGH_FLAGS) if flag != "--task"]
     prefixes = sorted({flag[:n] for flag in watched for n in range(3, len(flag) + 1)})

@@ -35,13 +35,12 @@ from . import check as _check_module
 from . import protocol
 from .check import Checker, CheckState, ServerCheck
 from .fitting import FitCache, Fitting
+from .launch import API_KEY_ENV
 from .transport import Connections, Driver, Plan
 from ..base import ScorerBase
 from ..errors import RerankError
 
-__all__ = ["VLLMScorer", "API_KEY_ENV"]
-
-API_KEY_ENV = "VLLM_API_KEY"  # the variable `vllm serve` itself reads for --api-key
+__all__ = ["VLLMScorer"]
 
 
 def _api_key_from_env() -> SecretStr | None:

@@ -1,4 +1,4 @@
-"""Start a vLLM server for a Qwen3-Reranker with the right flags, wait until it is healthy, stop it cleanly.
+"""``qwen3-rerank serve``: start a vLLM server for a Qwen3-Reranker with the right flags, wait until it is healthy, stop it cleanly.
 
 The server is vLLM's OpenAI-compatible API server run by the interpreter that has vLLM (often its own venv)::
 
@@ -43,14 +43,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .devices import DTypeName
-from .errors import ServerStartError  # defined with the other errors; still importable from here
+from ..devices import DTypeName
+from ..errors import ServerStartError
+from .launch import (
+    API_KEY_ENV,
+    DEFAULT_CONTEXT,
+    HF_OVERRIDES,
+    RUNNER_FLAG_SINCE,
+    checkpoint_config,
+    checkpoint_dtype,
+    default_dtype,
+    runner_flag_for,
+)
 
 __all__ = [
-    "HF_OVERRIDES",
-    "DEFAULT_CONTEXT",
     "ServeConfig",
-    "ServerStartError",
     "ServingChoice",
     "VLLMInstall",
     "VLLMServer",
@@ -58,32 +65,16 @@ __all__ = [
     "build_command",
     "check_model",
     "check_vllm_args",
-    "checkpoint_config",
-    "checkpoint_dtype",
     "choose_serving",
     "free_port",
     "probe_vllm",
     "ready_message",
     "resolved_config",
-    "runner_flag_for",
     "serve",
 ]
 
-# vLLM serves the original checkpoint as a one-row classifier, W[yes] - W[no] with a sigmoid: the official P("yes").
-HF_OVERRIDES: dict[str, object] = {
-    "architectures": ["Qwen3ForSequenceClassification"],
-    "classifier_from_token": ["no", "yes"],
-    "is_original_qwen3_reranker": True,
-}
-# vLLM PR #21470 replaced --task with --runner/--convert; 0.10.1 is the first release with --runner.
-RUNNER_FLAG_SINCE = (0, 10, 1)
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-API_KEY_ENV = "VLLM_API_KEY"
 DEFAULT_STARTUP_TIMEOUT_S = 900.0
-# The official method cuts prompts at 8,192 tokens; the checkpoints' own context (40,960) needs ~4.4 GiB of KV cache
-# for one prompt of the 0.6B, more than vLLM's CPU default leaves, and no reranker prompt uses it.
-DEFAULT_CONTEXT = 8192
-_DTYPES = ("float32", "bfloat16", "float16")  # a real model on a CPU, or a first download, takes minutes
 _STOP_GRACE_S = 30.0
 
 # Flags this module always sets; a repeat among the extra arguments would silently override one of them.
@@ -199,17 +190,6 @@ class ServingChoice(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
-def runner_flag_for(version: str | None) -> bool | None:
-    """Whether this vLLM version takes ``--runner pooling`` (None: the version does not say)."""
-    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
-    if not found:
-        return None
-    parsed = tuple(int(part or 0) for part in found.groups())
-    if parsed < (0, 2, 0):  # source builds without tags report 0.1.devN; no real release this old serves pooling
-        return None
-    return parsed >= RUNNER_FLAG_SINCE
-
-
 def base_url_for(host: str, port: int) -> str:
     """The URL a client on this machine uses for a server listening on ``host:port``."""
     if host in ("0.0.0.0", ""):  # listens everywhere; loopback reaches it
@@ -284,7 +264,7 @@ def build_command(config: ServeConfig, *, runner_flag: bool, port: int | None = 
     Raises:
         ValueError: ``config.vllm_args`` repeats a managed flag or names a refused one.
     """
-    from .templates import RERANKER_TEMPLATE
+    from ..templates import RERANKER_TEMPLATE
 
     check_vllm_args(config)
     model = os.path.expanduser(config.model)
@@ -355,28 +335,6 @@ def _device_of(found: dict[str, Any], python: str, timeout: float) -> str | None
 
 
 # ------------------------------------------------------------------------------------------------ dtype and context
-def checkpoint_config(model: str) -> dict[str, Any] | None:
-    """The checkpoint's ``config.json``: from its folder, or for a hub id from the Hugging Face cache or hub
-    (``huggingface_hub``, which honours ``HF_HUB_OFFLINE``); None when it cannot be read."""
-    expanded = os.path.expanduser(model)
-    path: str | None = os.path.join(expanded, "config.json") if os.path.isdir(expanded) else None
-    if path is None:
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError:
-            return None
-        try:
-            path = hf_hub_download(model, "config.json")
-        except Exception:  # offline, unknown id, no network: the choice falls back to float32 / 8,192
-            return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            data = json.load(file)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def choose_serving(config: ServeConfig, install: VLLMInstall, checkpoint: dict[str, Any] | None) -> ServingChoice:
     """The dtype and context to start vLLM with (pure).
 
@@ -390,16 +348,8 @@ def choose_serving(config: ServeConfig, install: VLLMInstall, checkpoint: dict[s
         dtype, dtype_reason = passed["--dtype"], "given after --"
     elif config.dtype != "auto":
         dtype, dtype_reason = config.dtype, "chosen with --dtype"
-    elif install.device == "cpu":
-        dtype, dtype_reason = "float32", "on CPU: the official scores"
-    elif install.device is None:
-        dtype, dtype_reason = "float32", "device unknown: float32 keeps the official scores"
     else:
-        own = checkpoint_dtype(checkpoint)
-        dtype, dtype_reason = (
-            (own, f"the checkpoint's own, on {install.device}") if own
-            else ("float32", "config.json names no dtype")
-        )
+        dtype, dtype_reason = default_dtype(install.device, checkpoint)
     if "--max-model-len" in passed:
         context, context_reason = passed["--max-model-len"], "given after --"
     elif config.max_model_len is not None:
@@ -413,17 +363,6 @@ def choose_serving(config: ServeConfig, install: VLLMInstall, checkpoint: dict[s
             if isinstance(model_context, int) and model_context > DEFAULT_CONTEXT:
                 context_reason += f"; the model reads up to {model_context:,}"
     return ServingChoice(dtype=dtype, dtype_reason=dtype_reason, max_model_len=context, context_reason=context_reason)
-
-
-def checkpoint_dtype(checkpoint: Any) -> str | None:
-    """The dtype a checkpoint was saved in ('float32', 'bfloat16' or 'float16'), from its ``config.json`` (a dict)
-    or a transformers config (``dtype``, ``torch_dtype`` before transformers 4.56); None when it names none."""
-    if isinstance(checkpoint, dict):
-        value = checkpoint.get("dtype") or checkpoint.get("torch_dtype")
-    else:
-        value = getattr(checkpoint, "dtype", None) or getattr(checkpoint, "torch_dtype", None)
-    name = str(value).removeprefix("torch.") if value else None
-    return name if name in _DTYPES else None
 
 
 def _passthrough_values(arguments: list[str]) -> dict[str, str]:
