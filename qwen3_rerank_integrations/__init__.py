@@ -22,6 +22,7 @@ from .errors import (
     BadRequestError,
     DeviceNotAvailableError,
     InvalidResponseError,
+    MissingDependencyError,
     ModelLoadError,
     RateLimitError,
     RemoteError,
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
     from .local import LocalScorer
     from .vllm import ServerCheck, VLLMScorer
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it (tool.setuptools.dynamic), the CLI prints it.
+__version__ = "0.3.0.dev0"
 
 __all__ = [
     "LocalScorer",
@@ -80,6 +82,7 @@ __all__ = [
     "InvalidResponseError",
     "ResponseTooLargeError",
     "ServerStartError",
+    "MissingDependencyError",
 ]
 
 _CACHE_NAMES = ["CachedScorer", "ScoreCache", "InMemoryScoreCache", "DiskScoreCache", "ByteStoreScoreCache", "CacheStats"]

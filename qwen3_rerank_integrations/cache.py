@@ -51,6 +51,7 @@ from ._model_identity import (  # noqa: F401  (public here too: the cache module
     public_url,
 )
 from .errors import RerankError
+from .extras import require
 from .prompt import DEFAULT_INSTRUCTION
 from .scorer import validate_inputs
 
@@ -275,6 +276,7 @@ class DiskScoreCache(ScoreCache):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, /, **data: Any) -> None:
+        require("DiskScoreCache")  # diskcache: at construction, not after an eval's first stage has run
         # Lets the folder be positional: DiskScoreCache("scores/").
         if directory is not None:
             if "directory" in data:

@@ -1,6 +1,8 @@
 """The ``qwen3-rerank`` command line: rerank documents, check a vLLM server or an accelerator, benchmark.
 
-Needs the ``cli`` extra (typer, rich); each backend needs its own extra (``local`` or ``remote``).
+Needs the ``cli`` extra (typer, rich); each backend needs its own extra (``local`` or ``remote``). Each command
+checks the packages it needs (:mod:`qwen3_rerank_integrations.extras`) before it reads input or loads anything, and
+names the missing one and its extra in one line (exit code 3).
 
 Exit codes, the same for every command:
 
@@ -31,6 +33,7 @@ from . import __version__
 from ._ranking import rank
 from ._secrets import redact
 from .errors import RerankError
+from .extras import require, require_vllm
 from .evaluation import DEFAULT_EMBED_MODEL, DEFAULT_TOP_K, EvalConfig, run_evaluation
 from .local import DEFAULT_MODEL
 from .precision import DEFAULT_MAX_ABS_DIFF, DEFAULT_MIN_RANK_AGREEMENT, DEFAULT_MIN_TOP1_AGREEMENT
@@ -358,6 +361,7 @@ def rerank(
     with _exit_on_error():
         validate_inputs(query, [], instruction)  # before reading stdin or loading anything
         _reject_other_backend_options(ctx, backend)
+        _require_backend(backend)
         if backend is Backend.vllm and not base_url:
             raise ValueError("--backend vllm needs --base-url, e.g. --base-url http://localhost:8000")
         if documents_file == "-" and sys.stdin.isatty():  # otherwise a bare `qwen3-rerank rerank Q` seems to hang
@@ -406,10 +410,22 @@ def _reject_other_backend_options(
         flags = ", ".join("--" + name.replace("_", "-") for name in typed)
         where = " or ".join(b.value for b in Backend if all(name in owners[b] for name in typed))
         if not where:  # flags of different backends: name each one's
-            where = "; ".join(f"--{name.replace('_', '-')} to "
+            where = "; ".join(f"--{name.replace('_', '-')} is for --backend "
                               + " or ".join(b.value for b in Backend if name in owners[b]) for name in typed)
-            raise ValueError(f"{flags} do not apply to --backend {backend.value} (they belong: {where})")
-        raise ValueError(f"{flags} only apply to --backend {where}")
+            raise ValueError(f"{flags} do not apply to --backend {backend.value} ({where})")
+        verb = "applies" if len(typed) == 1 else "apply"
+        raise ValueError(f"{flags} only {verb} to --backend {where}")
+
+
+_BACKEND_CLASSES = {Backend.local: "LocalScorer", Backend.vllm: "VLLMScorer", Backend.engine: "VLLMEngineScorer"}
+
+
+def _require_backend(backend: Backend) -> None:
+    """The packages the backend needs are installed (MissingDependencyError, one line, otherwise)."""
+    label = f"--backend {backend.value}"
+    require(_BACKEND_CLASSES[backend], label=label)
+    if backend is Backend.engine:
+        require_vllm(label)
 
 
 def _engine_scorer(model: str | None, *, dtype: DType, source: Source, max_length: int | None) -> Any:
@@ -458,9 +474,11 @@ def check_server(
     the server would give wrong scores, 3 when it cannot be reached. A server
     started with --api-key needs the key in $VLLM_API_KEY.
     """
-    with _exit_on_error(), _vllm_scorer(url, model=model, template=template, timeout=timeout,
-                                        max_retries=max_retries, ca_bundle=ca_bundle) as scorer:
-        report = scorer.check(min_gap=min_gap)
+    with _exit_on_error():
+        require("qwen3-rerank check-server")
+        with _vllm_scorer(url, model=model, template=template, timeout=timeout, max_retries=max_retries,
+                          ca_bundle=ca_bundle) as scorer:
+            report = scorer.check(min_gap=min_gap)
     if report.error and report.healthy is None:  # never reached the server: there is nothing to report
         _fail(" ".join(report.error.split()), EXIT_RUNTIME_ERROR)
     if output_format is OutputFormat.json:
@@ -572,6 +590,7 @@ def check_device(
     from .precision import check_device as run_check
 
     with _exit_on_error():
+        require("qwen3-rerank check-device")
         report = run_check(
             model, device=device, dtype=dtype.value, source=source.value, max_abs_diff=max_abs_diff,
             min_rank_agreement=min_rank_agreement, min_top1_agreement=min_top1_agreement,
@@ -646,6 +665,7 @@ def bench(
     from .benchmark import BenchmarkConfig, run_benchmark
 
     with _exit_on_error():
+        require("qwen3-rerank bench")
         config = BenchmarkConfig(model=model, tokenizer=tokenizer, layers=layers, docs=docs, device=device,
                                  dtype=dtype.value, reps=reps, seed=seed)
         report = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
@@ -714,7 +734,7 @@ def eval_command(
                      help="Keep scores in DIR/score-cache and reuse them; --no-cache rescores everything."),
     ] = True,
     backend: Annotated[Backend, _backend_option("Rerank")] = Backend.local,
-    rerank_model: Annotated[str | None, _rerank_model_option()] = None,
+    rerank_model: Annotated[str | None, _rerank_model_option("--model", "-m", "--rerank-model")] = None,
     max_length: Annotated[
         int | None,
         typer.Option(min=1, show_default=False,

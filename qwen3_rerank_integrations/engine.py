@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 from .base import ScorerBase
 from .devices import DTypeName
 from .errors import ModelLoadError, RerankError
+from .extras import require
 from .local import DEFAULT_MODEL, LocalScorer
 from .prompt import PromptEncoder
 from .vllm.launch import HF_OVERRIDES, default_dtype, runner_flag_for
@@ -95,6 +96,7 @@ class VLLMEngineScorer(ScorerBase):
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
 
     def __init__(self, model: str | None = None, /, **data: Any) -> None:
+        require("VLLMEngineScorer")  # the local extra (tokenizer, model files); vLLM is checked when it starts
         # `model` may be positional, as in LocalScorer("...").
         if model is not None:
             if "model" in data:

@@ -31,6 +31,7 @@ __all__ = [
     "InvalidResponseError",
     "ResponseTooLargeError",
     "ServerStartError",
+    "MissingDependencyError",
 ]
 
 
@@ -43,6 +44,21 @@ class RerankError(Exception):
 
 class ModelLoadError(RerankError):
     """The reranker model or tokenizer could not be loaded (missing, unreachable, or not a Qwen3 CausalLM)."""
+
+
+class MissingDependencyError(RerankError, ImportError):
+    """An optional package that this part of the package needs is not installed. Also an ``ImportError``, so
+    code that already catches that keeps working.
+
+    Attributes:
+        package: the distribution to install (``httpx``, ``torch``...).
+        extra: the extra of ``qwen3-rerank-integrations`` that brings it (``remote``, ``local``...).
+    """
+
+    def __init__(self, message: str, *, package: str, extra: str) -> None:
+        super().__init__(message)
+        self.package = package
+        self.extra = extra
 
 
 class DeviceNotAvailableError(RerankError):

@@ -20,8 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
-from langchain_core.documents import BaseDocumentCompressor, Document
+try:
+    from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
+    from langchain_core.documents import BaseDocumentCompressor, Document
+except ImportError:  # say in one line which extra brings it
+    from .extras import require
+
+    require("Qwen3RerankCompressor")
+    raise
 
 from ._ranking import Ranked, RerankerBase, scorer_name
 from .scorer import validate_inputs

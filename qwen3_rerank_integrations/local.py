@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from .base import ScorerBase
 from .devices import DTypeName, resolve_device, resolve_dtype
 from .errors import ModelLoadError, RerankError
+from .extras import require
 from .prompt import PromptEncoder
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class LocalScorer(ScorerBase):
     _lock: Any = PrivateAttr(default_factory=threading.RLock)
 
     def __init__(self, model: str | os.PathLike[str] | None = None, /, **data: Any) -> None:
+        require("LocalScorer")  # torch, transformers...: one line naming the extra, before anything is set up
         # Lets `model` be positional, as in CrossEncoder("..."), on top of pydantic's keyword-only init.
         if model is not None:
             if "model" in data:

@@ -39,6 +39,7 @@ from .launch import API_KEY_ENV
 from .transport import Connections, Driver, Plan
 from ..base import ScorerBase
 from ..errors import RerankError
+from ..extras import require
 
 __all__ = ["VLLMScorer"]
 
@@ -161,6 +162,7 @@ class VLLMScorer(ScorerBase):
     _state: _State = PrivateAttr(default_factory=lambda: _State())
 
     def __init__(self, base_url: str | Sequence[str], /, **data: Any) -> None:
+        require("VLLMScorer")  # httpx: one line naming the remote extra, not a ModuleNotFoundError at first use
         # Credentials in a URL become basic_auth here, before validation, so that the URL can be shown anywhere
         # (repr, errors, httpx's request log) and httpx does not quietly send them instead of api_key. Every
         # replica gets the same Authorization header, so replicas may carry only the same credentials.
