@@ -4,6 +4,10 @@ Every fault the package raises on purpose is a :class:`RerankError`, so callers 
 Bad *arguments* are the exception: they raise the built-in ``TypeError``/``ValueError`` (naming the
 argument) before any model or network work, as Python code is expected to.
 
+A model that cannot be loaded from the Hugging Face hub (the reranker, an example's embedder) is reported the same
+way everywhere by :func:`hub_load_error`: which model, what was tried, the option that takes a local folder instead,
+the ``hf download`` command, and the offline switch.
+
 Remote errors carry the HTTP status and the server's own message, never the request's headers. A server may
 still echo a header back in its message, so every error masks the registered secrets (API key, header values,
 URL credentials; see :mod:`qwen3_rerank_integrations._secrets`) when it is made: no error can carry one.
@@ -11,6 +15,7 @@ URL credentials; see :mod:`qwen3_rerank_integrations._secrets`) when it is made:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ._secrets import redact
@@ -134,3 +139,54 @@ class ServerStartError(RerankError):
         super().__init__(reason + (f"\nlast lines of the vLLM server's log:\n{log_tail}" if log_tail else ""))
         self.reason = reason
         self.log_tail = log_tail
+
+
+# ------------------------------------------------------------------------------------------------ hub load errors
+# What transformers and sentence-transformers say when a model is neither on disk nor reachable. With the offline
+# switch on, "check your internet connection" is wrong advice: the model is simply not in the cache.
+_NETWORK_ADVICE = re.compile(r"couldn't connect to|check your internet connection|offline mode", re.IGNORECASE)
+
+
+def hub_offline() -> bool:
+    """True when huggingface_hub was told to stay offline (``HF_HUB_OFFLINE=1``, read when it was imported)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub library: nothing can be downloaded anyway
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_load_error(
+    subject: str,
+    model: str,
+    exc: BaseException | str,
+    *,
+    folder_option: str,
+    offline_switch: str | None = None,
+    alternatives: str = "set HF_ENDPOINT to a mirror",
+) -> ModelLoadError:
+    """The :class:`ModelLoadError` for a hub id that could not be loaded.
+
+    Args:
+        subject: what failed, e.g. ``"the config of model='Qwen/Qwen3-Reranker-0.6B'"``.
+        model: the hub id, for the ``hf download`` command.
+        exc: what the loading library raised (or what went wrong, in words); its text is kept unless it is only
+            network advice given while ``offline_switch`` forbade the network.
+        folder_option: how to pass a local folder instead, e.g. ``"--embed-model PATH"``.
+        offline_switch: the setting that kept the loader off the network (``"HF_HUB_OFFLINE=1"``,
+            ``"local_files_only=True"``), or None when the hub was tried.
+        alternatives: other ways round an unreachable hub, for the online message.
+    """
+    reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+    if offline_switch is not None:
+        if _NETWORK_ADVICE.search(reason):
+            reason = f"{model} is not in the Hugging Face cache"
+        tried = f"a local folder (none), then the Hugging Face cache only ({offline_switch}: no download)"
+        hint = (f"Download it once on a connected machine (hf download {model}) into the same cache (HF_HOME), or "
+                f"pass its local folder ({folder_option}).")
+    else:
+        tried = "a local folder (none), then the Hugging Face hub"
+        hint = (f"Check the id and your network. Offline or in mainland China: download it (hf download {model}) "
+                f"and pass its folder ({folder_option}), or {alternatives}; with no network, set HF_HUB_OFFLINE=1 "
+                "to get this error at once instead of after the hub's retries.")
+    return ModelLoadError(f"could not load {subject} (tried {tried}): {reason}. {hint}")

@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from .base import ScorerBase
 from .devices import DTypeName, resolve_device, resolve_dtype
-from .errors import ModelLoadError, RerankError
+from .errors import ModelLoadError, RerankError, hub_load_error, hub_offline
 from .extras import require
 from .prompt import PromptEncoder
 
@@ -192,26 +192,17 @@ class LocalScorer(ScorerBase):
             ) from exc
 
     def _load_error(self, what: str, exc: Exception) -> ModelLoadError:
-        reason = " ".join(str(exc).split()).rstrip(".")
+        subject = f"the {what} of model={self.model!r}"
         if os.path.isdir(os.path.expanduser(self.model)):
-            return ModelLoadError(f"could not load the {what} of model={self.model!r} (a local folder): {reason}.")
+            reason = " ".join(str(exc).split()).rstrip(".")
+            return ModelLoadError(f"could not load {subject} (a local folder): {reason}.")
         if self.source == "modelscope":
-            tried, hint = "a local folder (none), then the ModelScope hub", "Check the id and your network."
-        elif self.local_files_only or _hub_offline():
-            switch = "local_files_only=True" if self.local_files_only else "HF_HUB_OFFLINE=1"
-            tried = f"a local folder (none), then the Hugging Face cache only ({switch}: no download)"
-            hint = (
-                f"Download it once on a connected machine (huggingface-cli download {self.model}) into the same "
-                "cache (HF_HOME), or pass its local folder."
-            )
-        else:
-            tried = "a local folder (none), then the Hugging Face hub"
-            hint = (
-                "Check the id/path and your network. Offline or in mainland China: download the model and pass its "
-                "folder, set HF_ENDPOINT to a mirror, or use source='modelscope'; with no network, set "
-                "HF_HUB_OFFLINE=1 to get this error at once instead of after the hub's retries."
-            )
-        return ModelLoadError(f"could not load the {what} of model={self.model!r} (tried {tried}): {reason}. {hint}")
+            reason = " ".join(str(exc).split()).rstrip(".")
+            return ModelLoadError(f"could not load {subject} (tried a local folder (none), then the ModelScope hub): "
+                                  f"{reason}. Check the id and your network.")
+        switch = "local_files_only=True" if self.local_files_only else "HF_HUB_OFFLINE=1" if hub_offline() else None
+        return hub_load_error(subject, self.model, exc, folder_option="model='/path/to/folder'", offline_switch=switch,
+                              alternatives="set HF_ENDPOINT to a mirror, or use source='modelscope'")
 
     def _hub_kwargs(self) -> dict[str, Any]:
         return {"revision": self.revision, "cache_dir": self.cache_dir, "local_files_only": self.local_files_only}
@@ -446,14 +437,6 @@ class LocalScorer(ScorerBase):
         }
 
 
-def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - transformers depends on it
-        return False
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _require_tokenizer_files(model: str, folder: str) -> None:
     """Refuse a checkpoint folder without tokenizer files: transformers would build an empty tokenizer from it
     (every text encodes to nothing, "yes" and "no" both to id 0) instead of failing."""
@@ -462,7 +445,7 @@ def _require_tokenizer_files(model: str, folder: str) -> None:
         raise ModelLoadError(
             f"model={model!r} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt, with "
             "tokenizer_config.json). Save the tokenizer beside the weights: copy those files from the original "
-            "checkpoint (huggingface-cli download Qwen/Qwen3-Reranker-0.6B tokenizer.json tokenizer_config.json "
+            "checkpoint (hf download Qwen/Qwen3-Reranker-0.6B tokenizer.json tokenizer_config.json "
             f"vocab.json merges.txt --local-dir {folder}), or save them there with "
             "AutoTokenizer.from_pretrained(...).save_pretrained(...)."
         )

@@ -107,7 +107,7 @@ def test_rerank_with_a_model_folder_without_tokenizer_files_fails_in_one_line(tm
     path = tmp_path / "docs.txt"
     path.write_text("Beijing\n", "utf-8")
     result = invoke("rerank", QUERY, path, *local_args(folder))
-    assert_one_line_error(result, 3, "has no tokenizer files", "huggingface-cli download")
+    assert_one_line_error(result, 3, "has no tokenizer files", "hf download")
 
 
 def vllm_args(server, *extra: str) -> list[str]:

@@ -224,7 +224,7 @@ def test_folder_without_tokenizer_files_says_what_is_missing(tmp_path, tiny_mode
     missing = r"has no tokenizer files \(tokenizer\.json, or vocab\.json \+ merges\.txt"
     with pytest.raises(ModelLoadError, match=missing) as info:
         scorer.score(QUERY, ["a"])
-    assert "huggingface-cli download" in str(info.value) and not scorer.loaded
+    assert "hf download" in str(info.value) and not scorer.loaded
 
 
 def test_an_empty_tokenizer_is_refused(tmp_path, tiny_model_dir):
@@ -263,7 +263,7 @@ def test_offline_hub_fails_at_once_and_says_why(monkeypatch):
 
     assert constants.HF_HUB_OFFLINE  # tests/conftest.py sets HF_HUB_OFFLINE=1
     started = time.perf_counter()
-    with pytest.raises(ModelLoadError, match=r"HF_HUB_OFFLINE=1: no download\).*huggingface-cli download"):
+    with pytest.raises(ModelLoadError, match=r"HF_HUB_OFFLINE=1: no download\).*hf download"):
         LocalScorer("Qwen/Qwen3-Reranker-does-not-exist").score(QUERY, ["a"])
     assert time.perf_counter() - started < 10
     # Online, a hub failure comes after retries: the message says how to skip them.
