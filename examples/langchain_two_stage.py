@@ -10,7 +10,7 @@ Stage 1: the bundled corpus (examples/corpus.jsonl, English and Chinese passages
     python examples/langchain_two_stage.py --backend vllm --base-url http://localhost:8000 --template server
 
 The first run downloads the embedder and Qwen/Qwen3-Reranker-0.6B from the Hugging Face hub; pass local folders
-with ``--embed-model`` and ``--rerank-model`` to work offline. For a vLLM server that needs a key, set the
+with ``--embed-model`` and ``--model`` to work offline. For a vLLM server that needs a key, set the
 ``VLLM_API_KEY`` environment variable.
 """
 
@@ -21,7 +21,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from _pipeline_common import Passage, RankedPassage, run_cli, run_two_stage
+from _pipeline_common import Passage, RankedPassage, load_embedder, run_cli, run_two_stage
+
+# What the pipeline imports, checked before anything loads (the examples extra brings them all).
+NEEDS = ("langchain_core", "langchain_classic", "langchain_huggingface")
 
 if TYPE_CHECKING:
     from langchain_classic.retrievers import ContextualCompressionRetriever
@@ -67,11 +70,11 @@ def build_embeddings(model: str, device: str) -> Embeddings:
     """The first-stage embedder: any sentence-transformers model, with unit-length vectors (cosine scores)."""
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    return HuggingFaceEmbeddings(
+    return load_embedder(model, lambda: HuggingFaceEmbeddings(
         model_name=model,
         model_kwargs={} if device == "auto" else {"device": device},
         encode_kwargs={"normalize_embeddings": True},
-    )
+    ))
 
 
 def rerank(query: str, retriever: ContextualCompressionRetriever) -> list[RankedPassage]:
@@ -99,7 +102,8 @@ def build_pipeline(
 
 def run(argv: Sequence[str] | None = None) -> list[RankedPassage]:
     """Parse the flags, build the pipeline, print the table, and return its rows."""
-    return run_two_stage(__doc__.splitlines()[0], argv, build_pipeline)
+    return run_two_stage(__doc__.splitlines()[0], argv, build_pipeline, needs=NEEDS,
+                         script="examples/langchain_two_stage.py")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

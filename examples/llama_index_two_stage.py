@@ -14,7 +14,7 @@ leaves the machine, and the result is the engine's ranked ``source_nodes``. Pass
     python examples/llama_index_two_stage.py --backend vllm --base-url http://localhost:8000 --template server
 
 The first run downloads the embedder and Qwen/Qwen3-Reranker-0.6B from the Hugging Face hub; pass local folders
-with ``--embed-model`` and ``--rerank-model`` to work offline. For a vLLM server that needs a key, set the
+with ``--embed-model`` and ``--model`` to work offline. For a vLLM server that needs a key, set the
 ``VLLM_API_KEY`` environment variable.
 """
 
@@ -25,7 +25,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from _pipeline_common import Passage, RankedPassage, run_cli, run_two_stage
+from _pipeline_common import Passage, RankedPassage, load_embedder, run_cli, run_two_stage
+
+# What the pipeline imports, checked before anything loads (the examples extra brings them all).
+NEEDS = ("llama_index.core", "llama_index.embeddings.huggingface")
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -67,7 +70,9 @@ def build_embed_model(model: str, device: str) -> BaseEmbedding:
     """The first-stage embedder: any sentence-transformers model, with unit-length vectors (cosine scores)."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    return HuggingFaceEmbedding(model_name=model, device=None if device == "auto" else device, normalize=True)
+    return load_embedder(
+        model, lambda: HuggingFaceEmbedding(model_name=model, device=None if device == "auto" else device, normalize=True)
+    )
 
 
 def rerank(query: str, query_engine: BaseQueryEngine) -> list[RankedPassage]:
@@ -95,7 +100,8 @@ def build_pipeline(
 
 def run(argv: Sequence[str] | None = None) -> list[RankedPassage]:
     """Parse the flags, build the pipeline, print the table, and return its rows."""
-    return run_two_stage(__doc__.splitlines()[0], argv, build_pipeline)
+    return run_two_stage(__doc__.splitlines()[0], argv, build_pipeline, needs=NEEDS,
+                         script="examples/llama_index_two_stage.py")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

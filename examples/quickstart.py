@@ -13,7 +13,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from _pipeline_common import DEFAULT_RERANK_MODEL, UsageError, check_model_location, fit_to_width, run_cli
+from _pipeline_common import (
+    DEFAULT_RERANK_MODEL,
+    UsageError,
+    check_model_location,
+    check_offline_cache,
+    fit_to_width,
+    run_cli,
+)
 
 QUERY = "What is the capital of China?"
 DOCUMENTS = [
@@ -28,7 +35,7 @@ DOCUMENTS = [
 def run(argv: Sequence[str] | None = None) -> list[tuple[float, str]]:
     """Score :data:`DOCUMENTS` against the query and print them best first; returns (score, document) pairs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_RERANK_MODEL,
+    parser.add_argument("--model", "-m", default=DEFAULT_RERANK_MODEL,
                         help=f"a Qwen3-Reranker hub id or local folder (default {DEFAULT_RERANK_MODEL})")
     parser.add_argument("--device", default="auto", help="auto (NPU > CUDA > MPS > CPU), npu[:N], cuda[:N], mps, cpu")
     parser.add_argument("--query", default=QUERY, help=f"the query (default {QUERY!r})")
@@ -36,6 +43,7 @@ def run(argv: Sequence[str] | None = None) -> list[tuple[float, str]]:
     if not args.query.strip():
         raise UsageError("--query must not be empty")
     check_model_location("--model", args.model)  # before torch loads: a typo should fail in a blink
+    check_offline_cache("--model", args.model, "reranker")
 
     from qwen3_rerank_integrations import LocalScorer
 

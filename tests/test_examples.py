@@ -94,7 +94,7 @@ def assert_matches(rows, printed, expected, top_n):
 )
 def test_pipeline_local_backend(examples_module, capsys, tiny_model_dir, minilm_dir, reference_scorer,
                                 pipeline, top_k, top_n, instruction):
-    argv = ["--query", QUERY, "--rerank-model", str(tiny_model_dir), "--embed-model", str(minilm_dir),
+    argv = ["--query", QUERY, "--model", str(tiny_model_dir), "--embed-model", str(minilm_dir),
             "--device", "cpu", "--top-k", str(top_k), "--top-n", str(top_n)]
     if instruction:
         argv += ["--instruction", instruction]
@@ -123,7 +123,9 @@ def test_readme_command_works_with_defaults(examples_module, capsys, monkeypatch
 
     rows = examples_module("langchain_two_stage").run([])
     output = capsys.readouterr().out
-    assert f"Top 20 by {common.DEFAULT_EMBED_MODEL}, reranked by {common.DEFAULT_RERANK_MODEL} (local" in output
+    # --device auto, resolved: the header names the device the reranker runs on
+    assert f"Top 20 by {common.DEFAULT_EMBED_MODEL}, reranked by {common.DEFAULT_RERANK_MODEL} (local, device cpu)" \
+        in output
     expected = expected_rows(minilm_dir, reference_scorer, common.DEFAULT_QUERY, top_k=20, top_n=5)
     assert_matches(rows, parse_table(output), expected, 5)
 
@@ -200,13 +202,13 @@ def closed_port_url() -> str:
     ("flags", "fragments"),
     [
         (["--query", "  "], ["--query must not be empty"]),
-        (["--rerank-model", "/no/such/reranker"], ["--rerank-model", "/no/such/reranker", "no such folder"]),
+        (["--model", "/no/such/reranker"], ["--model", "/no/such/reranker", "no such folder"]),
         (["--embed-model", "./missing-embedder"], ["--embed-model", "no such folder"]),
         (["--top-n", "0"], ["--top-n must be at least 1"]),
         (["--top-k", "3", "--top-n", "4"], ["--top-n (4) cannot exceed --top-k (3)"]),
         (["--backend", "vllm"], ["--base-url"]),
     ],
-    ids=["empty-query", "missing-rerank-model", "missing-embed-model", "zero-top-n", "top-n-over-top-k",
+    ids=["empty-query", "missing-model", "missing-embed-model", "zero-top-n", "top-n-over-top-k",
          "vllm-without-url"],
 )
 def test_bad_flags_fail_in_one_line(script, flags, fragments):
@@ -214,10 +216,11 @@ def test_bad_flags_fail_in_one_line(script, flags, fragments):
 
 
 @pytest.mark.slow
-def test_unreachable_base_url_fails_in_one_line():
+def test_unreachable_base_url_fails_in_one_line(minilm_dir):
     # One script is enough: both reach the server through _pipeline_common.prepare_scorer.
     url = closed_port_url()
-    result = run_script("langchain_two_stage", "--backend", "vllm", "--base-url", url, "--query", "q")
+    result = run_script("langchain_two_stage", "--backend", "vllm", "--base-url", url, "--query", "q",
+                        "--embed-model", str(minilm_dir))
     assert_one_line_error(result, "vLLM server cannot be used", "could not reach")
 
 
@@ -236,5 +239,105 @@ def test_a_model_folder_without_tokenizer_files_fails_in_one_line(tmp_path, tiny
     folder = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("tokenizer*", "vocab.json", "merges.txt"))
     flags = ["--model", str(folder)] if script == "quickstart" else [
-        "--rerank-model", str(folder), "--embed-model", str(minilm_dir), "--query", "q"]
+        "--model", str(folder), "--embed-model", str(minilm_dir), "--query", "q"]
     assert_one_line_error(run_script(script, *flags, "--device", "cpu"), "has no tokenizer files", "--local-dir")
+
+
+# ------------------------------------------------------------------------------------------- one vocabulary
+@pytest.mark.parametrize("flag", ["--model", "--rerank-model", "-m"])
+def test_the_reranker_is_model_with_rerank_model_kept_as_an_alias(examples_module, tiny_model_dir, minilm_dir, flag):
+    common = examples_module("_pipeline_common")
+    args = common.parse_args(common.build_parser("x"), [flag, str(tiny_model_dir), "--embed-model", str(minilm_dir)])
+    assert args.model == str(tiny_model_dir)
+    help_text = common.build_parser("x").format_help()
+    assert "--model MODEL, --rerank-model MODEL, -m MODEL" in help_text and "--embed-model" in help_text
+
+
+def test_the_header_names_the_device_used_not_auto(examples_module, local_scorer, tiny_model_dir):
+    import argparse
+
+    common = examples_module("_pipeline_common")
+    args = argparse.Namespace(backend="local", model=str(tiny_model_dir), device="auto")
+    assert common.describe_backend(args, local_scorer).endswith("(local, device cpu)")  # loaded: resolved
+    assert common.describe_backend(args).endswith("(local, device auto)")  # nothing loaded yet: the flag
+
+
+# ------------------------------------------------------------------------------------------- packages, embedder
+_REFUSE = """
+import importlib.abc, sys
+class _Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, _Refuse())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "blocked", "package"),
+                         [("langchain_two_stage", "langchain_huggingface", "langchain-huggingface"),
+                          ("llama_index_two_stage", "llama_index", "llama-index-core"),
+                          ("webui", "gradio", "gradio")])
+def test_a_missing_package_is_named_with_its_extra_before_any_model_loads(tmp_path, script, blocked, package):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_REFUSE.format(blocked={blocked}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    # A reranker that does not exist: were it loaded first, the error would be about it.
+    done = subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py"), "--model", "no-org/no-such-reranker"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert_one_line_error(done, f"examples/{script}.py needs {package}, which is not installed", '[examples]"')
+
+
+def _empty_hub_cache(tmp_path) -> dict[str, str]:
+    cache = tmp_path / "hf-home"
+    cache.mkdir()
+    return {"HF_HUB_OFFLINE": "1", "HF_HOME": str(cache), "HF_HUB_CACHE": str(cache / "hub")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", PIPELINES)
+def test_an_embedder_missing_offline_fails_at_once_naming_it_the_option_and_the_switch(tmp_path, tiny_model_dir,
+                                                                                     script):
+    env = {**os.environ, **_empty_hub_cache(tmp_path)}
+    done = subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py"), "--model", str(tiny_model_dir),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert_one_line_error(done, "the embedder --embed-model 'BAAI/bge-small-en-v1.5'", "HF_HUB_OFFLINE=1",
+                          "hf download BAAI/bge-small-en-v1.5", "--embed-model PATH")
+    assert "internet connection" not in done.stderr
+    assert "Loading weights" not in done.stderr  # no model was loaded before the check
+
+
+@pytest.mark.slow
+def test_a_reranker_missing_offline_is_named_before_the_embedder_loads(tmp_path, minilm_dir):
+    env = {**os.environ, **_empty_hub_cache(tmp_path)}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "langchain_two_stage.py"), "--embed-model", str(minilm_dir)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert_one_line_error(done, "the reranker --model 'Qwen/Qwen3-Reranker-0.6B'", "hf download", "--model PATH")
+
+
+def test_an_embedder_that_fails_to_load_is_named_with_option_and_switch(examples_module, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from qwen3_rerank_integrations import ModelLoadError
+
+    common = examples_module("_pipeline_common")
+    generic = OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+                      "the cached files. Check your internet connection or see how to run the library in offline mode")
+
+    def fail():
+        raise generic
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelLoadError) as online:
+        common.load_embedder("BAAI/bge-small-en-v1.5", fail)
+    for fragment in ("--embed-model 'BAAI/bge-small-en-v1.5'", "hf download BAAI/bge-small-en-v1.5",
+                     "--embed-model PATH", "set HF_HUB_OFFLINE=1 to get this error at once"):
+        assert fragment in str(online.value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as offline:
+        common.load_embedder("BAAI/bge-small-en-v1.5", fail)
+    assert "HF_HUB_OFFLINE=1: no download" in str(offline.value) and "internet" not in str(offline.value)
+    with pytest.raises(ModelLoadError, match=r"--embed-model '.*' \(a local folder\): .*sentence-transformers"):
+        common.load_embedder(str(tmp_path), fail)

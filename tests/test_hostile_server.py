@@ -473,7 +473,7 @@ def test_examples_show_the_url_without_credentials():
         sys.path.pop(0)
     url = f"http://{URL_USER}:{URL_PASSWORD}@gpu-box:8000/v1"
     assert display_url(url) == "http://gpu-box:8000/v1"
-    text = describe_backend(argparse.Namespace(backend="vllm", rerank_model=None, base_url=url, template="client"))
+    text = describe_backend(argparse.Namespace(backend="vllm", model=None, base_url=url, template="client"))
     assert "gpu-box:8000" in text and URL_PASSWORD not in text and URL_USER not in text
     wrong_scheme = argparse.Namespace(backend="vllm", base_url=url.replace("http", "ftp"), instruction=None)
     with pytest.raises(UsageError, match="gpu-box") as caught:

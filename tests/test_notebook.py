@@ -84,11 +84,36 @@ def test_notebook_runs_and_reranks_like_the_reference(executed, minilm_dir, refe
     assert all(f"[{i}] {row[0]}" in result["prompt"] for i, row in enumerate(expected, start=1))
 
 
+def _html_tables(notebook, cell_count: int) -> list[str]:
+    """The HTML the notebook's own cells displayed (their results), in order."""
+    return [output["data"]["text/html"] for cell in notebook.cells[:cell_count] for output in cell.get("outputs", [])
+            if "text/html" in output.get("data", {})]
+
+
 @pytest.mark.slow
-def test_notebook_prints_the_table(executed):
+def test_notebook_shows_its_tables_as_html(executed):
+    import html
+
     notebook, cell_count = executed
     local = probed(notebook, "LOCAL")
-    # The notebook's own table shows its rows, best first.
+    tables = _html_tables(notebook, cell_count)
+    assert len(tables) == 3 and all(table.startswith("<table>") for table in tables)  # candidates, reranked, tuning
+    reranked = next(t for t in tables if "<th>rerank</th>" in t)
+    assert "<th>rank</th><th>retrieval</th><th>rerank</th><th>text</th>" in reranked
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", reranked)
+    rows = [cells[i:i + 4] for i in range(0, len(cells), 4)]
+    assert len(rows) == len(local["reranked"])
+    for rank, ((text, _, rerank), row) in enumerate(zip(local["reranked"], rows), start=1):
+        assert row[0] == str(rank) and row[2] == f"{rerank:.4f}" and html.unescape(row[3]) == text
+    # no fixed-width text table any more
     stdout = "".join(o.get("text", "") for c in notebook.cells[:cell_count] for o in c.get("outputs", []))
-    for rank, (text, _, rerank) in enumerate(local["reranked"], start=1):
-        assert re.search(rf"^ *{rank}  .* {rerank:.4f}  {re.escape(text[:40])}", stdout, re.MULTILINE)
+    assert "rank  retrieval  rerank  text" not in stdout
+
+
+@pytest.mark.slow
+def test_notebook_runs_without_warnings(executed):
+    notebook, cell_count = executed
+    stderr = "".join(o.get("text", "") for c in notebook.cells[:cell_count] for o in c.get("outputs", [])
+                     if o.get("name") == "stderr")
+    # tqdm.auto in a kernel without ipywidgets: "TqdmWarning: IProgress not found" (the examples extra brings them)
+    assert "Warning" not in stderr and "IProgress" not in stderr, stderr

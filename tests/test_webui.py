@@ -43,7 +43,7 @@ def page_url(browser_binaries, tiny_model_dir, vllm_template_server, tmp_path_fa
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / "webui.py"), "--rerank-model", str(tiny_model_dir), "--device", "cpu",
+            [sys.executable, str(EXAMPLES / "webui.py"), "--model", str(tiny_model_dir), "--device", "cpu",
              "--base-url", vllm_template_server.base_url, "--template", "server", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
@@ -217,9 +217,110 @@ def test_empty_query_is_refused_on_the_page(page_url, browser):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "fragments"),
-    [(["--rerank-model", "/no/such/reranker"], ["--rerank-model", "no such folder"]),
+    [(["--model", "/no/such/reranker"], ["--model", "no such folder"]),
      (["--backend", "vllm"], ["--base-url"])],
     ids=["missing-model", "vllm-without-url"],
 )
 def test_bad_flags_fail_in_one_line_before_serving(flags, fragments):
     assert_one_line_error(run_script("webui", *flags), *fragments)
+
+
+# ------------------------------------------------------------------------------------------- without a browser
+@pytest.fixture(scope="module")
+def webui():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import webui as module
+
+        yield module
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+class _CountingScorer:
+    calls = 0
+
+    def score(self, query, documents, instruction=None):
+        type(self).calls += 1
+        return [1.0 / (i + 1) for i in range(len(documents))]
+
+
+def _args(**overrides):
+    import argparse
+
+    values = {"backend": "local", "model": "m", "device": "auto", "base_url": None, "template": "client",
+              "instruction": None, "max_documents": 3, "max_characters": 100}
+    return argparse.Namespace(**{**values, **overrides})
+
+
+def test_a_request_over_the_caps_is_refused_with_the_limit_named_before_scoring(webui, monkeypatch):
+    args = _args()
+    backends = webui.Backends(args)
+    monkeypatch.setattr(backends, "scorer", lambda key: _CountingScorer())
+    ask = lambda typed, source=webui.MY_DOCUMENTS, query="q": webui.rerank_request(  # noqa: E731
+        backends, args, query, source, typed, "", "local", 10)
+    with pytest.raises(webui.RequestTooLarge, match=r"^4 documents sent; this page ranks at most 3 .*--max-documents"):
+        ask("a\nb\nc\nd")
+    with pytest.raises(webui.RequestTooLarge, match=r"^101 characters sent .* at most 100 .*--max-characters"):
+        ask("x" * 100)
+    with pytest.raises(webui.RequestTooLarge, match="characters"):
+        ask("short", query="q" * 100)  # the query counts too
+    assert _CountingScorer.calls == 0
+    assert "3 documents scored by local: m (device auto)" in ask("a\nb\nc")  # at the limits: scored
+    # The bundled corpus (50 passages) is the operator's: the caps are for what visitors send.
+    assert "50 documents scored" in ask("", source=webui.BUNDLED_CORPUS)
+
+
+@pytest.mark.slow
+def test_one_backend_shows_no_backend_choice_and_two_do(webui):
+    from gradio.components import Radio
+
+    def radios(page):
+        return [b for b in page.blocks.values() if isinstance(b, Radio) and b.elem_id == "backend"]
+
+    assert radios(webui.build_page(webui.Backends(_args()), _args())) == []
+    both = _args(base_url="http://127.0.0.1:9")
+    (radio,) = radios(webui.build_page(webui.Backends(both), both))
+    assert [value for _, value in radio.choices] == ["local", "vllm"]
+
+
+@pytest.mark.slow
+def test_the_page_says_where_it_is_without_gradios_share_hint_and_names_the_device_used(tiny_model_dir, tmp_path):
+    import json
+
+    port = int(closed_port_url().rsplit(":", 1)[1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "webui.py"), "--model", str(tiny_model_dir), "--device", "auto",
+         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        lines = []
+        while time.monotonic() < deadline:
+            line = server.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        output = "".join(lines)
+        assert f"Qwen3-Reranker page on http://127.0.0.1:{port}/ (this machine only)" in output, output
+        assert "local: " in output and "(device cpu)" in output and "device auto" not in output
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as response:
+            config = json.load(response)
+        elem_ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+        assert {"query", "documents", "rerank"} <= elem_ids and "backend" not in elem_ids  # one backend: no radio
+    finally:
+        server.terminate()
+        try:
+            rest = server.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rest = server.communicate()[0]
+    assert "share=True" not in output + rest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--max-documents", "--max-characters"])
+def test_caps_below_one_are_refused_in_one_line(flag):
+    assert_one_line_error(run_script("webui", flag, "0"), f"{flag} must be at least 1")
