@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from .errors import RerankError
 from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
@@ -35,6 +35,11 @@ from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
 __all__ = ["BenchmarkConfig", "BenchmarkError", "MethodResult", "BenchmarkReport", "run_benchmark"]
 
 METHODS = ("official", "crossencoder", "local_scorer")
+# Below these the speed ratios are mostly noise: a few documents do not fill a batch, one repetition has no best-of
+# to shed a hiccup, and a run of a fraction of a second is dominated by timer and scheduling jitter.
+MIN_DOCUMENTS = 32
+MIN_REPS = 2
+MIN_SECONDS = 1.0
 _WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "an", "were", "are", "which", "this", "be", "or", "has", "had", "but", "not", "they", "their", "its", "one", "all", "also", "first", "new", "more", "two", "can", "after", "who", "other", "been", "some", "when", "there", "into", "time", "ocean", "water", "temperature", "current", "wind", "coastal", "season", "cold", "warm", "surface", "deep", "layer", "nutrient"]
 _QUERY = "what drives the seasonal variation in ocean surface temperature near coastal upwelling zones"
 # sentence-transformers renders the prompt with this chat template. Jinja drops a template's final newline, so
@@ -94,6 +99,21 @@ class BenchmarkReport(BaseModel):
     def result(self, name: str) -> MethodResult:
         return next(r for r in self.results if r.name == name)
 
+    @computed_field(description="Why the speed ratios mean little for this run (empty: they can be read).")
+    @property
+    def caveats(self) -> list[str]:
+        notes = []
+        if self.documents < MIN_DOCUMENTS:
+            notes.append(f"{self.documents} documents do not fill a batch (use --docs {MIN_DOCUMENTS} or more)")
+        reps = min((len(r.all_seconds) for r in self.results), default=0)
+        if 0 < reps < MIN_REPS:
+            notes.append(f"{reps} repetition has no best-of to shed noise (use --reps {MIN_REPS} or more)")
+        fastest = min((r.seconds for r in self.results), default=0.0)
+        if 0 < fastest < MIN_SECONDS:
+            notes.append(f"the fastest method took {fastest:.2f} s, mostly timer and scheduling noise (use more "
+                         "--docs or --layers)")
+        return notes
+
     def table(self) -> str:
         """A plain-text table, one row per method, with speed ratios against the baselines."""
         official, crossencoder = self.result("official"), self.result("crossencoder")
@@ -103,6 +123,7 @@ class BenchmarkReport(BaseModel):
         lines = [
             f"device={self.device} dtype={self.dtype} model={self.model} "
             f"documents={self.documents} tokens={self.real_tokens}{load}",
+            *(f"note: the speed ratios below mean little: {caveat}" for caveat in self.caveats),
             f"{'method':<14}{'seconds':>9}{'tokens/s':>11}{'pairs/s':>9}{'peak GiB':>10}"
             f"{'x official':>12}{'x CrossEnc':>12}{'max|Δ| vs official':>20}",
         ]

@@ -161,10 +161,10 @@ def test_read_documents_formats(tmp_path):
          "documents[1] is not valid Unicode text: a lone surrogate U+D800"),
         (["rerank", QUERY, "-", "--model", "{tmp}/no-such-model"], "doc\n", 3, "no such folder"),
         (["rerank", QUERY, "-", "--base-url", "http://localhost:9"], "doc\n", 2,
-         "--base-url only apply to --backend vllm"),
+         "--base-url only applies to --backend vllm"),
         (["rerank", QUERY, "-", "--backend", "vllm"], "doc\n", 2, "needs --base-url"),
         (["rerank", QUERY, "-", "--backend", "vllm", "--base-url", "http://localhost:9", "--device", "cpu"], "doc\n",
-         2, "--device only apply to --backend local"),
+         2, "--device only applies to --backend local"),
         (["check-device", "--model", "{tmp}/no-such-model", "--device", "npu:7"], None, 3, "npu"),
     ],
 )
@@ -208,9 +208,9 @@ def test_rerank_engine_backend_scores_with_the_engine_and_stops_it(tmp_path, tin
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
-        (["--device", "cpu"], "--device only apply to --backend local"),
-        (["--progress"], "--progress only apply to --backend local"),
-        (["--base-url", "http://localhost:9"], "--base-url only apply to --backend vllm"),
+        (["--device", "cpu"], "--device only applies to --backend local"),
+        (["--progress"], "--progress only applies to --backend local"),
+        (["--base-url", "http://localhost:9"], "--base-url only applies to --backend vllm"),
         (["--device", "cpu", "--template", "server"], "--device, --template do not apply to --backend engine"),
     ],
 )
@@ -225,7 +225,7 @@ def test_rerank_engine_backend_refuses_other_backends_options(tiny_model_dir, fa
 def test_engine_only_options_are_refused_on_the_vllm_backend():
     result = invoke("rerank", QUERY, "-", "--backend", "vllm", "--base-url", "http://localhost:9", "--dtype",
                     "float32", stdin="doc\n")
-    assert_one_line_error(result, 2, "--dtype only apply to --backend local or engine")
+    assert_one_line_error(result, 2, "--dtype only applies to --backend local or engine")
 
 
 def test_eval_engine_backend(tmp_path, tiny_model_dir, fake_vllm):
@@ -242,7 +242,7 @@ def test_eval_engine_backend(tmp_path, tiny_model_dir, fake_vllm):
     for documents in by_query(trec_lines(tmp_path / "out" / "runs" / "rerank.trec")).values():
         assert all(round(score * 97) == pytest.approx(score * 97) for _, score in documents)  # the engine's
     refused = invoke(*args, "--template", "server")
-    assert refused.exit_code == 2 and "--template only apply to --backend vllm" in refused.stderr
+    assert refused.exit_code == 2 and "--template only applies to --backend vllm" in refused.stderr
 
 
 # ------------------------------------------------------------------------------------------------ check-server
@@ -481,3 +481,70 @@ def test_installed_console_script(tmp_path, vllm_legacy_server, reference_scorer
 def test_package_import_does_not_import_typer():
     code = "import sys, qwen3_rerank_integrations; sys.exit('typer' in sys.modules or 'torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------ one vocabulary
+def _options(command: str) -> dict[str, list[str]]:
+    """Each parameter of ``command`` and the option names it answers to."""
+    import typer.main
+
+    click_command = typer.main.get_command(app).commands[command]
+    return {param.name: list(param.opts) for param in click_command.params}
+
+
+def test_the_reranker_model_is_model_in_every_command():
+    for command in ("rerank", "eval", "check-server", "check-device", "bench"):
+        names = [opts for opts in _options(command).values() if "--model" in opts]
+        assert len(names) == 1 and "-m" in names[0], command
+    assert "--rerank-model" in _options("eval")["rerank_model"]  # the old name stays an alias
+    assert "--embed-model" in _options("eval")["embed_model"]
+
+
+def test_eval_takes_model_as_rerank_model_did(tmp_path, monkeypatch):
+    import qwen3_rerank_integrations.cli as cli
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_local_scorer(model, **kwargs):
+        seen.append(model)
+        raise Stop
+
+    monkeypatch.setattr("qwen3_rerank_integrations.local.LocalScorer", fake_local_scorer)
+    from tests.test_eval import BEIR_MINI
+
+    for flag in ("--model", "-m", "--rerank-model"):
+        with pytest.raises(Stop):
+            cli.app(["eval", str(BEIR_MINI), "-o", str(tmp_path / flag), flag, "my/model"], standalone_mode=False)
+    assert seen == ["my/model"] * 3
+
+
+def test_one_flag_of_another_backend_reads_as_a_sentence():
+    result = invoke("rerank", QUERY, "-", "--timeout", "5", stdin="doc\n")
+    assert_one_line_error(result, 2, "--timeout only applies to --backend vllm")
+    several = invoke("rerank", QUERY, "-", "--timeout", "5", "--template", "server", stdin="doc\n")
+    assert_one_line_error(several, 2, "--template, --timeout only apply to --backend vllm")
+    mixed = invoke("rerank", QUERY, "-", "--backend", "engine", "--device", "cpu", "--timeout", "5", stdin="doc\n")
+    assert_one_line_error(mixed, 2, "--device, --timeout do not apply to --backend engine (--device is for "
+                          "--backend local; --timeout is for --backend vllm)")
+
+
+# ------------------------------------------------------------------------------------------------ bench, small runs
+def test_bench_says_its_ratios_mean_little_at_small_sizes():
+    from qwen3_rerank_integrations.benchmark import BenchmarkReport, MethodResult
+
+    def report(documents, reps, seconds):
+        results = [MethodResult(name=name, seconds=seconds * factor, tokens_per_s=1.0, pairs_per_s=1.0, peak_gib=0.1,
+                                all_seconds=[seconds * factor] * reps)
+                   for name, factor in (("official", 4), ("crossencoder", 2), ("local_scorer", 1))]
+        return BenchmarkReport(device="cpu", dtype="float32", model="m", documents=documents, real_tokens=10,
+                               results=results)
+
+    small = report(4, 1, 0.05)
+    assert len(small.caveats) == 3 and "4 documents" in small.caveats[0] and "1 repetition" in small.caveats[1]
+    assert small.table().splitlines()[1].startswith("note: the speed ratios below mean little: 4 documents")
+    assert json.loads(small.model_dump_json())["caveats"] == small.caveats
+    steady = report(48, 2, 3.0)  # the CPU default's size
+    assert steady.caveats == [] and "note:" not in steady.table()
