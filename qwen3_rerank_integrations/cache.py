@@ -258,8 +258,8 @@ class InMemoryScoreCache(ScoreCache):
 
 
 class DiskScoreCache(ScoreCache):
-    """A persistent cache in a folder (diskcache: SQLite), shared by threads and processes; needs
-    ``pip install "qwen3-rerank-integrations[cache]"``.
+    """A persistent cache in a folder (diskcache: SQLite), shared by threads and processes; needs the ``cache``
+    extra (checked at construction).
 
     Scores are stored as SQLite REAL (exact doubles), never pickled, and an entry of any other kind (a folder
     written by something else) reads as a miss: reading the cache never unpickles anything. Once the folder
@@ -304,12 +304,9 @@ class DiskScoreCache(ScoreCache):
         if self._db is None:
             with self._lock:
                 if self._db is None:
-                    try:
-                        import diskcache
-                    except ImportError as exc:
-                        raise ImportError(
-                            'DiskScoreCache needs diskcache: pip install "qwen3-rerank-integrations[cache]"'
-                        ) from exc
+                    require("DiskScoreCache")  # also here: model_validate and model_copy skip __init__
+                    import diskcache
+
                     self._db = diskcache.Cache(
                         os.path.expanduser(self.directory), disk=_float_disk(), size_limit=self.size_limit
                     )
