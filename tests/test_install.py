@@ -201,9 +201,13 @@ def _copy_checkout(destination: Path) -> Path:
 
 
 def _fresh_venv(path: Path) -> Path:
-    """A venv that sees this machine's packages; without its own pip, so `python -m pip` is the machine's pip and
-    builds use the machine's setuptools (a venv's bundled one may be older than the build requires)."""
+    """A venv that sees this machine's packages; without its own copy of pip, so `python -m pip` runs the
+    machine's pip and builds use the machine's setuptools (a venv's bundled one may be older than the build
+    requires). Its `pip` command runs that pip for the venv's python, as a venv's own `pip` would."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True)
+    shim = path / "bin" / "pip"
+    shim.write_text('#!/bin/sh\nexec "$(dirname "$0")/python" -m pip "$@"\n')
+    shim.chmod(0o755)
     return path / "bin" / "python"
 
 
@@ -211,7 +215,8 @@ def _env(venv_python: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv_python.parent}{os.pathsep}{env.get('PATH', '')}", PIP_NO_INDEX="1",
                PIP_NO_BUILD_ISOLATION="0",  # pip's inverted switch: 0 turns build isolation off
-               PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
+               PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1",
+               PIP_REQUIRE_VIRTUALENV="1")  # a pip outside the venv refuses: this machine's packages stay as they are
     return env
 
 
