@@ -70,9 +70,9 @@ def build_embed_model(model: str, device: str) -> BaseEmbedding:
     """The first-stage embedder: any sentence-transformers model, with unit-length vectors (cosine scores)."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    return load_embedder(
-        model, lambda: HuggingFaceEmbedding(model_name=model, device=None if device == "auto" else device, normalize=True)
-    )
+    return load_embedder(model, lambda: HuggingFaceEmbedding(
+        model_name=model, device=None if device == "auto" else device, normalize=True
+    ))
 
 
 def rerank(query: str, query_engine: BaseQueryEngine) -> list[RankedPassage]:
