@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import Self
 
 from .cache import InMemoryScoreCache, ScoreCache, acached_scores, cached_scores
 from .errors import RerankError
@@ -177,6 +178,27 @@ class ScorerBase(BaseModel):
     async def acache_identity(self) -> dict[str, Any]:
         """Async twin of :meth:`cache_identity`; by default it runs on a worker thread (it may read model files)."""
         return await asyncio.to_thread(self.cache_identity)
+
+    # ----------------------------------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Release what the scorer holds open (HTTP connections, an engine); a no-op where it holds nothing. A
+        closed scorer opens again on its next call, so ``with`` blocks are safe to repeat."""
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # ----------------------------------------------------------------------------------------- backend hooks
     @abstractmethod

@@ -34,7 +34,7 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 

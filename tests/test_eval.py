@@ -525,7 +525,7 @@ def test_interrupt_says_how_to_resume(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("qwen3_rerank_integrations.cli.run_evaluation", interrupted)
+    monkeypatch.setattr("qwen3_rerank_integrations.cli.eval.run_evaluation", interrupted)
     result = runner.invoke(app, ["eval", str(BEIR_MINI), "-o", str(tmp_path / "out"), "--rerank-model", "x"])
     assert result.exit_code == 130
     assert result.stderr.strip().splitlines() == [

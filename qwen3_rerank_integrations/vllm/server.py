@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import socket
@@ -49,9 +48,7 @@ from .launch import (
     API_KEY_ENV,
     DEFAULT_CONTEXT,
     HF_OVERRIDES,
-    RUNNER_FLAG_SINCE,
     checkpoint_config,
-    checkpoint_dtype,
     default_dtype,
     runner_flag_for,
 )
