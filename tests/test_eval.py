@@ -232,8 +232,8 @@ def test_bad_run_file_is_one_line_naming_file_and_line(tmp_path, line, fragment)
         (["--top-k", "5", "--top-k", "5"], "--top-k: top_k lists a depth twice"),
         (["--run", "x.trec", "--embed-model", "m"], "two first stages: give one"),
         (["--backend", "vllm"], "--backend vllm needs --base-url"),
-        (["--dtype", "float32", "--backend", "vllm", "--base-url", "http://localhost:1"], "--dtype only apply"),
-        (["--base-url", "http://localhost:1"], "--base-url only apply"),
+        (["--dtype", "float32", "--backend", "vllm", "--base-url", "http://localhost:1"], "--dtype only applies"),
+        (["--base-url", "http://localhost:1"], "--base-url only applies"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_any_work(tmp_path, options, fragment):
