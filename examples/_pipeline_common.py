@@ -105,9 +105,10 @@ def add_reranker_flags(parser: argparse.ArgumentParser) -> None:
                         help="where models run in this process: auto (NPU > CUDA > MPS > CPU), npu[:N], cuda[:N], mps, cpu")
     parser.add_argument("--base-url", default=None, help="vllm backend: the server, e.g. http://localhost:8000")
     parser.add_argument(
-        "--template", choices=("client", "server"), default="client",
-        help="vllm backend: 'client' formats the Qwen3 prompt here (a server without a score template); "
-        "'server' sends raw text (a server started with the qwen3_reranker chat template)",
+        "--template", choices=("auto", "client", "server"), default="auto",
+        help="vllm backend: 'auto' finds out from the server; 'client' formats the Qwen3 prompt here (a server "
+        "without a score template); 'server' sends raw text (a server started with the qwen3_reranker chat "
+        "template)",
     )
     parser.add_argument("--instruction", default=None,
                         help="task instruction for the reranker (default: the model card's web-search one)")

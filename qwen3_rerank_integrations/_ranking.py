@@ -214,7 +214,7 @@ class RerankerBase(BaseModel):
         ``VLLMScorer`` (``model``, ``api_key``, ``template``, ``timeout``...).
 
         Example:
-            >>> reranker = Qwen3RerankCompressor.from_vllm("http://localhost:8000", template="server", top_n=5)
+            >>> reranker = Qwen3RerankCompressor.from_vllm("http://localhost:8000", top_n=5)  # template="auto"
         """
         from .vllm import VLLMScorer  # lazy: httpx is an optional dependency
 

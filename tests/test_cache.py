@@ -283,7 +283,7 @@ def test_vllm_scorer_identity_parts_and_no_secrets():
     base = VLLMScorer("http://host:8000/v1", api_key="sk-secret", max_length=512, model="qwen3-reranker")
     identity = base.cache_identity()  # max_length given: no request needed
     assert identity == {"backend": "vllm", "base_url": "http://host:8000", "model": "qwen3-reranker",
-                        "template": "client", "route": "rerank", "max_length": 512, "context": 512}
+                        "template": "auto", "route": "rerank", "max_length": 512, "context": 512}
     with_password = VLLMScorer("http://user:hunter2@host:8000", api_key=None, max_length=512, model="qwen3-reranker")
     assert with_password.cache_identity() == identity  # credentials reach the server, not the scores
     assert not any(secret in json.dumps(identity) for secret in ("hunter2", "sk-secret", "user"))

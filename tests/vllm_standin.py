@@ -15,7 +15,8 @@ over ``max_model_len`` with vLLM's 400; check ``model`` and an optional API key.
 Deliberately independent of the package: the prompt strings come from ``tests/reference.py``.
 
 Faults are scripted with :meth:`VLLMStandIn.inject` and behaviours (latency, capacity, API key, embed mode, a
-score override) set as attributes; :meth:`VLLMStandIn.reset` restores a clean server. :meth:`VLLMStandIn.kill`
+score override, how ``/tokenize`` renders chat messages, no ``/tokenize`` at all, a development-mode
+``/server_info``) set as attributes; :meth:`VLLMStandIn.reset` restores a clean server. :meth:`VLLMStandIn.kill`
 stops it like a crashed process (open connections cut, new ones refused) and :meth:`VLLMStandIn.restart` brings
 it back on the same port (tests/test_replicas.py).
 """
@@ -144,6 +145,12 @@ class VLLMStandIn:
         self.honour_instruction = True  # False: a template server that drops the request's `instruction`
         # True: a template server whose template lost its final newline (vLLM's published qwen3_reranker.jinja)
         self.drop_final_newline = False
+        # How a legacy server's /tokenize renders chat messages with the tokenizer's own chat template (vLLM 0.32
+        # falls back to it; its score path never uses it): "nothing" (Qwen3's template skips the query/document
+        # roles), "chatml" (a template that renders every role), "refuse" (no chat template: 400).
+        self.legacy_rendering: Literal["nothing", "chatml", "refuse"] = "nothing"
+        self.tokenize_route = True  # False: no /tokenize or /detokenize (a proxy that hides them, an old server)
+        self.dev_mode_dtype: str | None = None  # set: answer GET /server_info as vLLM's development mode does
         self.in_flight = 0
         self.max_in_flight = 0
         self.hostile_bytes_sent = 0  # body bytes a trickle or gzip_bomb fault got onto the wire
@@ -255,10 +262,13 @@ class VLLMStandIn:
         routes: dict[tuple[str, str], Callable[[Any], Any]] = {
             ("GET", "/health"): lambda _: b"",
             ("GET", "/v1/models"): self._models,
-            ("POST", "/tokenize"): self._tokenize,
-            ("POST", "/detokenize"): self._detokenize,
             ("POST", "/v1/embeddings"): self._embeddings,
         }
+        if self.tokenize_route:
+            routes[("POST", "/tokenize")] = self._tokenize
+            routes[("POST", "/detokenize")] = self._detokenize
+        if self.dev_mode_dtype is not None:
+            routes[("GET", "/server_info")] = self._server_info
         for route in ("/rerank", "/v1/rerank", "/v2/rerank"):
             routes[("POST", route)] = self._rerank
         for route in ("/score", "/v1/score"):
@@ -284,8 +294,19 @@ class VLLMStandIn:
             tokens = self.encode(body["prompt"])
         return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens, "token_strs": None}
 
+    def _server_info(self, _: Any) -> dict[str, Any]:
+        config = {"model_config": {"model": self.served_model_name, "dtype": f"torch.{self.dev_mode_dtype}"}}
+        return {"vllm_config": config, "vllm_env": {}, "system_env": {}}
+
     def _render_messages(self, body: dict[str, Any]) -> list[int]:
-        if self.mode == "legacy":  # no --chat-template: the tokenizer's chat template renders nothing for these roles
+        if self.mode == "legacy":  # no --chat-template: the tokenizer's own chat template, if any
+            if self.legacy_rendering == "refuse":
+                raise _HTTPError(400, "As of transformers v4.44, default chat template is no longer allowed, so "
+                                 "you must provide a chat template if the tokenizer does not define one.",
+                                 "BadRequestError")
+            if self.legacy_rendering == "chatml":
+                return self.encode("".join(f"<|im_start|>{m.get('role')}\n{m.get('content')}<|im_end|>\n"
+                                           for m in body["messages"]))
             return []
         contents = {m.get("role"): m.get("content") for m in body["messages"]}
         kwargs = body.get("chat_template_kwargs") or {}

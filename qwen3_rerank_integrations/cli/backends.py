@@ -9,7 +9,7 @@ from typing import Any
 from ..base import ScorerBase
 from ..extras import require, require_vllm
 from ..local import DEFAULT_MODEL
-from .options import Backend, DType, Source, Template
+from .options import Backend, DType, Source, TemplateMode
 
 __all__ = ["BACKEND_CLASSES", "open_scorer", "require_backend"]
 
@@ -34,7 +34,7 @@ def _engine_scorer(model: str | None, *, dtype: DType, source: Source, max_lengt
 
 
 def _vllm_scorer(
-    base_url: str | list[str], *, model: str | None, template: Template, timeout: float, max_retries: int,
+    base_url: str | list[str], *, model: str | None, template: TemplateMode, timeout: float, max_retries: int,
     ca_bundle: str | None, max_length: int | None = None,
 ) -> Any:
     """A VLLMScorer; its API key comes from $VLLM_API_KEY only: a --api-key flag would show in `ps` and
@@ -54,7 +54,7 @@ def _vllm_scorer(
 def open_scorer(
     backend: Backend, *, model: str | None, max_length: int | None = None, device: str = "auto",
     dtype: DType = DType.auto, source: Source = Source.huggingface, show_progress: bool = False,
-    base_url: str | list[str] | None = None, template: Template = Template.client, timeout: float = 60.0,
+    base_url: str | list[str] | None = None, template: TemplateMode = TemplateMode.auto, timeout: float = 60.0,
     max_retries: int = 3, ca_bundle: str | None = None,
 ) -> ScorerBase:
     """The scorer the options ask for; use it in a ``with`` block, which releases what it holds (an engine, HTTP

@@ -9,7 +9,15 @@ import typer
 from ..extras import require
 from .app import EXIT_CHECK_FAILED, EXIT_RUNTIME_ERROR, app, exit_on_error, fail
 from .backends import open_scorer
-from .options import Backend, OutputFormat, Template, ca_bundle_option, retries_option, template_option, timeout_option
+from .options import (
+    Backend,
+    OutputFormat,
+    TemplateMode,
+    ca_bundle_option,
+    retries_option,
+    template_option,
+    timeout_option,
+)
 
 __all__ = ["check_server"]
 
@@ -27,7 +35,7 @@ def check_server(
         typer.Option("--model", "-m", show_default=False,
                      help="The served model name you will use (default: the one the server serves)."),
     ] = None,
-    template: Annotated[Template, template_option()] = Template.client,
+    template: Annotated[TemplateMode, template_option()] = TemplateMode.auto,
     min_gap: Annotated[
         float,
         typer.Option(min=-1.0, max=1.0,
@@ -43,9 +51,10 @@ def check_server(
 ) -> None:
     """Check that a vLLM server gives official Qwen3-Reranker scores, the way this client will call it.
 
-    Reports the health, the served models and context length, a canary pair's scores and gap, and the
-    known misconfigurations (embed mode, a missing, doubled or wrong prompt template — with --template server
-    the server's rendering is compared token by token with the official prompt —, another model, an ignored
+    Reports the health, the served models and context length, the serving dtype where vLLM tells it, the
+    template mode (--template auto: the one found, as `rerank` finds it), a canary pair's scores and gap, and
+    the known misconfigurations (embed mode, a missing, doubled or wrong prompt template — in server mode the
+    server's rendering is compared token by token with the official prompt —, another model, an ignored
     instruction). The template to start vLLM with ships with this package: `python -c "from
     qwen3_rerank_integrations.templates import RERANKER_TEMPLATE; print(RERANKER_TEMPLATE)"`. Exits 1 when
     the server would give wrong scores, 3 when it cannot be reached. A server

@@ -12,9 +12,10 @@ import typer
 from ..devices import DTypeName
 from ..local import DEFAULT_MODEL, LocalScorer
 from ..vllm.protocol import Template as TemplateName
+from ..vllm.protocol import TemplateSetting
 
 __all__ = [
-    "Backend", "BackendName", "DType", "InputFormat", "OutputFormat", "Source", "Template",
+    "Backend", "BackendName", "DType", "InputFormat", "OutputFormat", "Source", "Template", "TemplateMode",
     "LOCAL_PANEL", "VLLM_PANEL", "LOCAL_ONLY", "VLLM_ONLY", "ENGINE_ONLY", "PROGRESS_MIN_DOCUMENTS",
     "backend_option", "ca_bundle_option", "device_option", "dtype_option", "rerank_model_option", "retries_option",
     "source_option", "template_option", "timeout_option", "reject_other_backend_options",
@@ -51,7 +52,8 @@ class InputFormat(str, Enum):
 DType = literal_enum("DType", DTypeName)
 
 
-Template = literal_enum("Template", TemplateName)
+Template = literal_enum("Template", TemplateName)  # how serve starts a server
+TemplateMode = literal_enum("TemplateMode", TemplateSetting)  # a client's setting: "auto" finds the server's out
 
 
 Source = literal_enum("Source", SourceName)
@@ -80,8 +82,9 @@ def source_option(**extra: Any) -> Any:
 
 def template_option(**extra: Any) -> Any:
     return typer.Option(
-        help="'client' formats prompts here (server started without the reranker --chat-template: older vLLM, "
-        "vllm-ascend); 'server' sends raw text (server started with it).",
+        help="Who renders the prompt: 'auto' finds out from the server; 'client' formats prompts here (server "
+        "started without the reranker --chat-template: older vLLM, vllm-ascend); 'server' sends raw text (server "
+        "started with it). A server that contradicts 'client' or 'server' is an error, never wrong scores.",
         **extra,
     )
 
@@ -124,7 +127,7 @@ BaseUrlOption = Annotated[
                  help="The server, e.g. http://localhost:8000 (required with --backend vllm); repeat it for "
                  "replicas of one configuration (requests go to the least busy one, a failing one is set aside)."),
 ]
-TemplateOption = Annotated[Template, template_option(rich_help_panel=VLLM_PANEL)]
+TemplateOption = Annotated[TemplateMode, template_option(rich_help_panel=VLLM_PANEL)]
 TimeoutOption = Annotated[float, timeout_option(rich_help_panel=VLLM_PANEL)]
 RetriesOption = Annotated[int, retries_option(rich_help_panel=VLLM_PANEL)]
 CaBundleOption = Annotated[str | None, ca_bundle_option(rich_help_panel=VLLM_PANEL)]

@@ -9,21 +9,39 @@ on where each chunk went.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
+import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import _secrets
+from ..errors import (
+    AuthenticationError,
+    InvalidResponseError,
+    RateLimitError,
+    RemoteError,
+    RerankError,
+    RouteNotFoundError,
+    ServerConnectionError,
+    ServerError,
+    ServerTimeoutError,
+)
+from ..prompt import DEFAULT_INSTRUCTION, escape_control_tokens
 from . import protocol
 from .fitting import Fitting, context_from_models, token_ids
 from .protocol import Call
-from .transport import Plan
-from ..errors import InvalidResponseError, RemoteError, ServerConnectionError, ServerTimeoutError
-from ..prompt import DEFAULT_INSTRUCTION, escape_control_tokens
+from .transport import Plan, final_error
 
-__all__ = ["ServerCheck", "Checker", "CheckState", "combine", "CANARY_QUERY", "CANARY_RELEVANT", "CANARY_IRRELEVANT"]
+__all__ = [
+    "ServerCheck", "Checker", "CheckState", "Survey", "SurveyCache", "Fleet", "combine", "CANARY_QUERY",
+    "CANARY_RELEVANT", "CANARY_IRRELEVANT",
+]
+
+logger = logging.getLogger("qwen3_rerank_integrations.vllm")
 
 # The canary of check(): one document answers the query, one does not. A working Qwen3-Reranker scores them
 # near 1 and near 0.
@@ -54,11 +72,31 @@ _EMBED_MODE_PROBLEM = (
 SCORE_TOLERANCE = 1e-5
 # Top-level warnings that repeat one replica's own start with this (summary() shows them under the replica).
 _REPLICA_TAG = "base_url["
+# vLLM's development-mode route that shows its whole configuration (dtype included); 404 elsewhere.
+SERVER_INFO_PATH = "/server_info?config_format=json"
+_DTYPE_TEXT = re.compile(r"\bdtype=(?:torch\.)?([A-Za-z0-9_]+)")
+
+
+def serving_dtype(body: Any) -> str | None:
+    """The model's dtype from a vLLM ``/server_info`` answer ('float32', 'bfloat16'...), or None when it does not
+    tell (any other answer, an error, a server without the route)."""
+    config = body.get("vllm_config") if isinstance(body, dict) else None
+    value: Any = None
+    if isinstance(config, dict):
+        model_config = config.get("model_config")
+        value = model_config.get("dtype") if isinstance(model_config, dict) else None
+    elif isinstance(config, str):  # the text form: "model_config=ModelConfig(..., dtype=torch.float32, ...)"
+        match = _DTYPE_TEXT.search(config)
+        value = match.group(1) if match else None
+    if not isinstance(value, str):
+        return None
+    value = value.removeprefix("torch.")
+    return value if re.fullmatch(r"[a-z0-9_]{2,24}", value) else None
 
 
 class Settings(Protocol):
     model: str | None
-    template: Literal["client", "server"]
+    template: Literal["auto", "client", "server"]
     route: Literal["rerank", "score"]
     instruction: str | None
 
@@ -80,7 +118,22 @@ class ServerCheck(BaseModel):
     served_models: list[str] = Field(default_factory=list, description="Model ids listed by GET /v1/models.")
     model: str | None = Field(None, description="The served model this scorer uses.")
     max_model_len: int | None = Field(None, description="The server's context length, from /v1/models.")
-    template: Literal["client", "server"] = Field(description="The scorer's template mode.")
+    template: Literal["client", "server"] | None = Field(
+        description="The template mode checked: the scorer's, or with template='auto' the one found on the server "
+        "(None: it could not be found; see warnings)."
+    )
+    template_setting: Literal["auto", "client", "server"] = Field(
+        "auto", description="The scorer's template setting ('auto': found out from the server, as score() does)."
+    )
+    template_evidence: str | None = Field(
+        None, description="template='auto': how the mode was found (the server's rendering or token counts)."
+    )
+    dtype: str | None = Field(
+        None,
+        description="The precision the server serves the model in ('float32', 'bfloat16'...), when it tells: vLLM "
+        "0.32 shows it only at GET /server_info, a route of its development mode (VLLM_SERVER_DEV_MODE=1). None: "
+        "unknown. An fp16/bf16 server's scores differ from the fp32 official ones by ~1e-3.",
+    )
     route: Literal["rerank", "score"] = Field(description="The scorer's route.")
     relevant_score: float | None = Field(None, description="Canary score of the document that answers the query.")
     irrelevant_score: float | None = Field(None, description="Canary score of the document that does not.")
@@ -127,7 +180,13 @@ class ServerCheck(BaseModel):
         if self.served_models:
             context = f", context {self.max_model_len} tokens" if self.max_model_len else ""
             lines.append(f"  model: {self.model} (served: {', '.join(self.served_models)}){context}")
-        lines.append(f"  template: {self.template}, route: /v1/{self.route}")
+        if self.template_setting == "auto":
+            found = f"{self.template} (found: {self.template_evidence})" if self.template else "not found"
+            lines.append(f"  template: {found}, route: /v1/{self.route}")
+        else:
+            lines.append(f"  template: {self.template}, route: /v1/{self.route}")
+        lines.append(f"  dtype: {self.dtype}" if self.dtype else
+                     "  dtype: unknown (vLLM shows it only at /server_info, in its development mode)")
         if self.canary_gap is not None:
             lines.append(
                 f"  canary: relevant {self.relevant_score:.4f}, irrelevant {self.irrelevant_score:.4f}, "
@@ -154,6 +213,10 @@ class CheckState:
     def __init__(self, scorer: Settings, url: str | None = None) -> None:
         self.scorer = scorer
         self.url = url if url is not None else scorer.base_urls[0]
+        # The mode checked: the scorer's own, or (template="auto") the one the survey finds.
+        self.mode: Literal["client", "server"] | None = None if scorer.template == "auto" else scorer.template
+        self.evidence: str | None = None
+        self.dtype: str | None = None
         self.healthy: bool | None = None
         self.served_models: list[str] = []
         self.model: str | None = scorer.model
@@ -209,13 +272,13 @@ class CheckState:
         if self.tokens_agree(expected):
             return True
         per_doc = (observed - expected) / 2
-        if self.scorer.template == "server" and per_doc < 0:
+        if self.mode == "server" and per_doc < 0:
             self.problem(
                 f"template='server' but the server scored {observed} prompt tokens where the official prompts have "
                 f"{expected}: it renders no reranker template (it joins the raw query and document). Fix: "
                 + _TEMPLATE_FIX + "."
             )
-        elif self.scorer.template == "client" and per_doc > 0:
+        elif self.mode == "client" and per_doc > 0:
             self.problem(
                 f"template='client' but the server scored {observed} prompt tokens where the official prompts have "
                 f"{expected}: it applies its own template on top of the client's (a double template). Use "
@@ -275,7 +338,10 @@ class CheckState:
             served_models=self.served_models,
             model=self.model,
             max_model_len=self.max_model_len,
-            template=self.scorer.template,
+            template=self.mode,
+            template_setting=self.scorer.template,
+            template_evidence=self.evidence,
+            dtype=self.dtype,
             route=self.scorer.route,
             relevant_score=self.relevant_score,
             irrelevant_score=self.irrelevant_score,
@@ -290,16 +356,20 @@ class CheckState:
 
 
 class Checker:
-    """The check plans for one scorer (its settings and its fitting plans, which count the official tokens)."""
+    """The check plans for one scorer (its settings and its fitting plans, which count the official tokens) and
+    one replica (``index``: its requests are pinned to it)."""
 
-    __slots__ = ("settings", "fitting")
+    __slots__ = ("settings", "fitting", "index", "mode")
 
-    def __init__(self, settings: Settings, fitting: Fitting) -> None:
-        self.settings, self.fitting = settings, fitting
+    def __init__(self, settings: Settings, fitting: Fitting, index: int = 0) -> None:
+        self.settings, self.fitting, self.index = settings, fitting, index
+        self.mode: Literal["client", "server"] = "client"
 
     def scoring_call(self, query: str, documents: Sequence[str], instruction: str) -> Call:
         s = self.settings
-        return protocol.scoring_call(query, documents, instruction, template=s.template, route=s.route, model=s.model)
+        call = protocol.scoring_call(query, documents, instruction, template=self.mode, route=s.route, model=s.model)
+        # The report needs the usage as well as the scores.
+        return replace(call, parse=lambda body, parse=call.parse: (parse(body), protocol.usage_tokens(body)))
 
     def check_plan(self, state: CheckState, min_gap: float) -> Plan[None]:
         (health,) = yield [Call("GET", protocol.HEALTH_PATH, tolerate=(RemoteError,))]
@@ -308,11 +378,13 @@ class Checker:
         state.healthy = not isinstance(health, Exception)
         if not state.healthy:
             state.problem(f"GET /health failed: {health}")
-        (models,) = yield [Call("GET", protocol.MODELS_PATH, tolerate=(RemoteError,))]
+        (models, info) = yield [Call("GET", protocol.MODELS_PATH, tolerate=(RemoteError,)),
+                                Call("GET", SERVER_INFO_PATH, tolerate=(RemoteError,))]
         if isinstance(models, Exception):
             state.doubt(f"GET /v1/models failed: {models}")
         else:
             state.read_models(models)
+        state.dtype = serving_dtype(info)
 
         # Embed mode first: its scores are cosine similarities, so nothing below would mean anything. The sign
         # is the route the server registers, which does not depend on the weights (scores do).
@@ -321,14 +393,29 @@ class Checker:
         docs = [CANARY_RELEVANT, CANARY_IRRELEVANT]
         if state.embed_mode:
             state.problem(_EMBED_MODE_PROBLEM)
-            (body,) = yield [replace(self.scoring_call(CANARY_QUERY, docs, instruction), tolerate=(RemoteError,))]
+            self.mode = state.mode or "client"
+            call = self.scoring_call(CANARY_QUERY, docs, instruction)
+            (body,) = yield [replace(call, parse=None, tolerate=(RemoteError,))]
             with contextlib.suppress(InvalidResponseError):  # the report shows them when they are in [0, 1]
                 state.relevant_score, state.irrelevant_score = protocol.parse_scores(body, 2, self.settings.route)
             return
+        if state.mode is None:  # template="auto": what score() would find
+            # A fresh survey: check() looks again rather than trusting what score() learned earlier.
+            survey = Survey(self.settings, self.fitting, SurveyCache())  # type: ignore[arg-type]
+            try:
+                (found,) = (yield from survey.replicas_plan([self.index], need_context=False)).values()
+            except RemoteError:
+                raise
+            except RerankError as exc:  # a template that neither mode scores right
+                state.problem(str(exc))
+                return
+            if isinstance(found, RemoteError):
+                raise found
+            state.mode, state.evidence = found.mode, found.evidence
+        self.mode = state.mode
 
-        (body,) = yield [self.scoring_call(CANARY_QUERY, docs, instruction)]
-        state.relevant_score, state.irrelevant_score = protocol.parse_scores(body, 2, self.settings.route)
-        state.prompt_tokens = protocol.usage_tokens(body)
+        (answer,) = yield [self.scoring_call(CANARY_QUERY, docs, instruction)]
+        (state.relevant_score, state.irrelevant_score), state.prompt_tokens = answer
         state.judge_scores(min_gap)
 
         try:
@@ -337,13 +424,13 @@ class Checker:
             state.doubt(f"could not count the official prompt's tokens ({exc}); template not verified")
             return
         expected = state.expected_prompt_tokens = sum(map(len, official))
-        if self.settings.template == "server" and instruction != DEFAULT_INSTRUCTION and not state.tokens_agree(expected):
+        if self.mode == "server" and instruction != DEFAULT_INSTRUCTION and not state.tokens_agree(expected):
             # Maybe the template is right but the server dropped `instruction` and used its default.
             default_ids = yield from self.fitting.official_ids_plan(CANARY_QUERY, docs, DEFAULT_INSTRUCTION)
             if state.tokens_agree(sum(map(len, default_ids))):
                 state.judge_instruction(state.prompt_tokens, expected)
                 return
-        if not state.judge_template() or self.settings.template != "server":
+        if not state.judge_template() or self.mode != "server":
             return
         # Equal counts are not equal prompts: a template whose final newline Jinja dropped ends in "\n" (token
         # 198) where the official prompt ends in "\n\n" (token 271), with the same count. Compare the ids.
@@ -356,9 +443,9 @@ class Checker:
             )
         elif not state.judge_rendered_ids(rendered, official):
             return
-        (probe,) = yield [self.scoring_call(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)]
+        ((_, probe_tokens),) = yield [self.scoring_call(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)]
         probe_ids = yield from self.fitting.official_ids_plan(CANARY_QUERY, docs[:1], _PROBE_INSTRUCTION)
-        state.judge_instruction(protocol.usage_tokens(probe), sum(map(len, probe_ids)))
+        state.judge_instruction(probe_tokens, sum(map(len, probe_ids)))
 
     def rendered_ids_plan(
         self, query: str, docs: list[str], instruction: str
@@ -378,12 +465,12 @@ class Checker:
             }
             if self.settings.model is not None:
                 body["model"] = self.settings.model
-            calls.append(Call("POST", protocol.TOKENIZE_PATH, body, tolerate=(RemoteError,)))
-        bodies = yield calls
-        for body in bodies:
-            if isinstance(body, RemoteError):
-                return body
-        return [token_ids(body) for body in bodies]
+            calls.append(Call("POST", protocol.TOKENIZE_PATH, body, tolerate=(RemoteError,), parse=token_ids))
+        answers = yield calls
+        for answer in answers:
+            if isinstance(answer, RemoteError):
+                return answer
+        return answers
 
     def embed_mode_plan(self) -> Plan[bool]:
         """Whether the server answers ``POST /v1/embeddings`` with embeddings (a reranker answers 404)."""
@@ -394,6 +481,364 @@ class Checker:
         data = answer.get("data") if isinstance(answer, dict) else None
         first = data[0] if isinstance(data, list) and data else None
         return isinstance(first, dict) and isinstance(first.get("embedding"), list)
+
+
+
+# ================================================================================================ the survey
+Mode = Literal["client", "server"]
+# Errors that say "this replica is failing now", not "this request is wrong": the survey sets the replica aside
+# and asks it again later instead of failing the call.
+_REPLICA_FAULTS = (ServerConnectionError, ServerTimeoutError, ServerError, RateLimitError, InvalidResponseError)
+
+
+@dataclass
+class ReplicaFacts:
+    """What the survey learned of one replica."""
+
+    context: int | None = None  # the max_model_len it reports (None: it reports none)
+    context_known: bool = False
+    mode: Mode | None = None  # the template mode its scoring path needs
+    honours_instruction: bool = True  # False: it applies a template but drops the request's `instruction`
+    evidence: str = ""  # how the mode was found, in words
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What a scoring call needs to know of the replicas: the template mode, the context to cut to, and which
+    replicas may score (None: all; the others could not be surveyed yet)."""
+
+    mode: Mode
+    context: int | None
+    allowed: tuple[int, ...] | None
+    honours_instruction: bool
+
+
+class SurveyCache:
+    """The survey's findings, kept for the scorer's life (``_state``): asked once, then reused."""
+
+    __slots__ = ("key", "replicas", "official", "fleet", "lock")
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.replicas: dict[int, ReplicaFacts] = {}
+        self.official: dict[str, list[int]] = {}  # official canary token ids, by instruction
+        self.fleet: tuple[bool, Fleet] | None = None  # (with context, the fleet) until a replica's facts change
+        self.lock = threading.Lock()
+
+    def for_settings(self, key: tuple[Any, ...]) -> SurveyCache:
+        """Forget everything learned under other settings (another URL list, model or template)."""
+        with self.lock:
+            if self.key != key:
+                self.key, self.replicas, self.official, self.fleet = key, {}, {}, None
+        return self
+
+
+class SurveySettings(Settings, Protocol):
+    max_length: int | None
+    tokenizer: Any
+
+
+class Survey:
+    """Finds out, once per scorer and for every replica, what decides its scores: the context to cut long
+    documents to (``max_length``, else the smallest ``max_model_len`` of the replicas, so that a document is cut
+    the same wherever it goes), and whether the server renders the reranker template itself.
+
+    The template is found from the server's ``/tokenize``, which renders chat messages with the server's
+    ``--chat-template`` as its score path does (vLLM ≥ 0.12): the canary's "query" and "document" messages
+    render to nothing (or are refused) on a server without the template, and to exactly the official token ids
+    on one with it. Where that alone cannot tell (no ``/tokenize``, another rendering, or ``template="auto"``
+    meeting the template, to make sure its score path uses it and honours ``instruction``), one short canary
+    pair is scored as raw text and its prompt-token count decides: at most the raw texts' UTF-8 bytes means no
+    template; the official prompt's count means the template. See :meth:`VLLMScorer.score`.
+    """
+
+    __slots__ = ("settings", "fitting", "cache")
+
+    def __init__(self, settings: SurveySettings, fitting: Fitting, cache: SurveyCache) -> None:
+        self.settings, self.fitting = settings, fitting
+        s = settings
+        self.cache = cache.for_settings((tuple(s.base_urls), s.model, s.template, s.route))
+
+    # ------------------------------------------------------------------------------------------ the fleet
+    def fleet_plan(self) -> Plan[Fleet]:
+        """The fleet's facts, surveying every replica not known yet (each failing one is named if none answers)."""
+        need_context = self.settings.max_length is None
+        cache, urls = self.cache, self.settings.base_urls
+        count = len(urls)
+        todo = [i for i in range(count) if not self._known(i, need_context)]
+        if todo:
+            errors: dict[int, RemoteError] = {}
+            # Several replicas: one attempt each (a set-aside one waits for its cooldown), so that a dead
+            # replica costs no retries; only if none answers, a second pass with the usual retries.
+            passes: list[int | None] = [None] if count == 1 else [0, None]
+            for retries in passes:
+                found = yield from self.replicas_plan(todo, need_context, retries=retries)
+                for index, fact in found.items():
+                    if isinstance(fact, RemoteError):
+                        errors[index] = fact
+                    else:
+                        cache.replicas[index] = fact
+                        cache.fleet = None
+                if any(self._known(i, need_context) for i in range(count)):
+                    break
+                todo = [i for i in todo if not self._known(i, need_context)]
+            if not any(self._known(i, need_context) for i in range(count)):
+                raise final_error(errors, urls)
+        cached = cache.fleet
+        if cached is not None and cached[0] == need_context:
+            return cached[1]
+        fleet = self._fleet(need_context)
+        cache.fleet = (need_context, fleet)
+        return fleet
+
+    def _known(self, index: int, need_context: bool) -> bool:
+        fact = self.cache.replicas.get(index)
+        return fact is not None and fact.mode is not None and (fact.context_known or not need_context)
+
+    def _fleet(self, need_context: bool) -> Fleet:
+        urls = self.settings.base_urls
+        known = [i for i in range(len(urls)) if self._known(i, need_context)]
+        facts = {i: self.cache.replicas[i] for i in known}
+        modes = {fact.mode for fact in facts.values()}
+        if len(modes) > 1:
+            found = "; ".join(f"base_url[{i}] {urls[i]}: template '{f.mode}' ({f.evidence})" for i, f in facts.items())
+            raise RerankError(
+                f"the replicas are not configured alike: {found}. Scores would depend on which replica answered; "
+                "start every replica the same way (with the reranker --chat-template, or without), or list only "
+                "replicas of one configuration."
+            )
+        context = None
+        if need_context:
+            contexts = {i: f.context for i, f in facts.items()}
+            reported = [c for c in contexts.values() if c is not None]
+            context = min(reported) if reported else None
+            if len(set(contexts.values())) > 1:
+                logger.warning(
+                    "the replicas report different contexts (%s); long documents are cut to the smallest, %s "
+                    "tokens, wherever they are scored", "; ".join(f"base_url[{i}] {urls[i]}: {c}"
+                                                               for i, c in contexts.items()), context)
+            elif context is None:
+                logger.warning("%s reports no max_model_len; long documents will not be cut (set max_length)",
+                               ", ".join(urls[i] for i in known))
+        mode = modes.pop()
+        assert mode is not None
+        allowed = None if len(known) == len(urls) else tuple(known)
+        return Fleet(mode, context, allowed, all(f.honours_instruction for f in facts.values()))
+
+    # ------------------------------------------------------------------------------------------ replicas
+    def replicas_plan(
+        self, indices: list[int], need_context: bool, *, retries: int | None = None
+    ) -> Plan[dict[int, ReplicaFacts | RemoteError]]:
+        """Survey replicas ``indices`` side by side (each request pinned to its replica): their context (when
+        ``need_context``) and their template mode. A replica that fails is handed back as its error."""
+        options: dict[str, Any] = {"retries": retries, "skip_set_aside": retries == 0}
+        facts = {i: replace(self.cache.replicas.get(i) or ReplicaFacts()) for i in indices}
+        calls: list[Call] = []
+        asked: list[tuple[int, str]] = []
+        for i in indices:
+            pin = {"replicas": (i,), **options}
+            if need_context and not facts[i].context_known:
+                calls.append(Call("GET", protocol.MODELS_PATH, tolerate=(RemoteError,), **pin))
+                asked.append((i, "models"))
+            if facts[i].mode is None:
+                calls.append(self._render_call(CANARY_QUERY, CANARY_RELEVANT, DEFAULT_INSTRUCTION, pin))
+                asked.append((i, "render"))
+        answers = yield calls
+        failed: dict[int, RemoteError] = {}
+        rendered: dict[int, list[int] | RemoteError] = {}
+        fallback: list[int] = []
+        for (i, what), answer in zip(asked, answers):
+            if isinstance(answer, _REPLICA_FAULTS):
+                failed.setdefault(i, answer)
+            elif what == "models":
+                context = self._context_from(answer, i)
+                if context is None:
+                    fallback.append(i)  # some servers and proxies hide it in /v1/models; /tokenize reports it
+                else:
+                    facts[i].context, facts[i].context_known = context, True
+            else:
+                rendered[i] = answer
+        fallback = [i for i in fallback if i not in failed]
+        if fallback:
+            ask = self.fitting.tokenize_call("a", tolerate=(RemoteError,), **options)
+            answers = yield [replace(ask, parse=None, replicas=(i,)) for i in fallback]
+            for i, answer in zip(fallback, answers):
+                if isinstance(answer, _REPLICA_FAULTS):
+                    failed.setdefault(i, answer)
+                    continue
+                self._raise_unserved_model(answer)
+                value = answer.get("max_model_len") if isinstance(answer, dict) else None
+                facts[i].context, facts[i].context_known = protocol.positive_int(value), True
+        modes = yield from self.modes_plan({i: r for i, r in rendered.items() if i not in failed}, options)
+        for i, found in modes.items():
+            if isinstance(found, RemoteError):
+                failed.setdefault(i, found)
+            else:
+                facts[i].mode, facts[i].honours_instruction, facts[i].evidence = found
+                if self.settings.template == "auto":
+                    logger.info("%s: template '%s' (%s)", self.settings.base_urls[i], found[0], found[2])
+        return {i: failed.get(i, facts[i]) for i in indices}
+
+    def _context_from(self, answer: Any, index: int) -> int | None:
+        if isinstance(answer, RemoteError):
+            if isinstance(answer, RouteNotFoundError):
+                return None
+            raise answer  # 401 and the like: the caller's to fix
+        model = self.settings.model
+        entries = answer.get("data") if isinstance(answer, dict) else None
+        served = [e.get("id") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+        if model is not None and served and model not in served:
+            url = self.settings.base_urls[index]
+            raise RouteNotFoundError(
+                f"model={model!r} is not served by {url}: it serves {served}. Pass one of those as model=, or "
+                "model=None for the one it serves.",
+                status_code=404, server_message=f"The model `{model}` does not exist.",
+            )
+        return context_from_models(answer, model)
+
+    def _raise_unserved_model(self, answer: Any) -> None:
+        """Raise the 404 of a server that does not know ``model`` (vLLM: "The model `x` does not exist.")."""
+        if (isinstance(answer, RouteNotFoundError) and self.settings.model is not None
+                and "does not exist" in (answer.server_message or "")):
+            raise answer
+
+    # ------------------------------------------------------------------------------------------ the template
+    def _render_call(self, query: str, doc: str, instruction: str, pin: dict[str, Any]) -> Call:
+        """``/tokenize`` of the (query, document) messages, rendered by the server's chat template as its score
+        path renders them (see :meth:`Checker.rendered_ids_plan`); answers the token ids."""
+        body: dict[str, Any] = {
+            "messages": [{"role": "query", "content": escape_control_tokens(query)},
+                         {"role": "document", "content": escape_control_tokens(doc)}],
+            "chat_template_kwargs": {"instruction": escape_control_tokens(instruction)},
+            "add_generation_prompt": False,  # the score path renders without one
+            "add_special_tokens": False,
+        }
+        if self.settings.model is not None:
+            body["model"] = self.settings.model
+        return Call("POST", protocol.TOKENIZE_PATH, body, tolerate=(RemoteError,), parse=token_ids, **pin)
+
+    def official_plan(self, instruction: str) -> Plan[list[int]]:
+        """The official token ids of the canary pair under ``instruction`` (asked once per scorer)."""
+        if instruction not in self.cache.official:
+            (ids,) = yield from self.fitting.official_ids_plan(CANARY_QUERY, [CANARY_RELEVANT], instruction)
+            self.cache.official[instruction] = ids
+        return self.cache.official[instruction]
+
+    def modes_plan(
+        self, rendered: dict[int, list[int] | RemoteError], options: dict[str, Any]
+    ) -> Plan[dict[int, tuple[Mode, bool, str] | RemoteError]]:
+        """Each replica's template mode, (mode, honours instruction, evidence), from its rendering of the
+        canary messages, and where that cannot tell, from the prompt-token count of a scored canary pair."""
+        setting = self.settings.template
+        verdicts: dict[int, tuple[Mode, bool, str] | RemoteError] = {}
+        probe: dict[int, str] = {}  # replica -> what its rendering showed
+        official: list[int] | None = None
+        for i, ids in rendered.items():
+            if isinstance(ids, RemoteError):
+                if isinstance(ids, AuthenticationError):
+                    raise ids
+                self._raise_unserved_model(ids)
+                if isinstance(ids, RouteNotFoundError):  # no /tokenize at all (a proxy, an old server)
+                    if setting == "auto":
+                        probe[i] = "no /tokenize"
+                    else:
+                        verdicts[i] = (setting, True, f"taken from template='{setting}': no /tokenize to verify")
+                else:  # 400/422: it cannot render chat messages, so it has no chat template to render
+                    verdicts[i] = ("client", True, f"its /tokenize renders no chat template ({ids.server_message})")
+                continue
+            if not ids:
+                verdicts[i] = ("client", True, "its /tokenize renders the query/document messages to nothing")
+                continue
+            if official is None:
+                official = yield from self.official_plan(DEFAULT_INSTRUCTION)
+            if ids == official:
+                if setting == "auto":
+                    probe[i] = "official"
+                else:
+                    verdicts[i] = ("server", True, "its /tokenize renders the official prompt from raw text")
+            elif ids[:-1] == official[:-1] and official[-1:] == [_DOUBLE_NEWLINE_ID] and ids[-1:] == [_NEWLINE_ID]:
+                raise RerankError(
+                    f"{self.settings.base_urls[i]} renders the prompt's end as `</think>\\n` (token 198) where the "
+                    "official prompt ends `</think>\\n\\n` (token 271): its --chat-template lost its final "
+                    "newline (vLLM's published qwen3_reranker.jinja does), and every score would move, whatever "
+                    "template= says. Fix: " + _TEMPLATE_FIX + "."
+                )
+            else:
+                probe[i] = "another prompt"
+        if probe:
+            compare = any(rendering != "no /tokenize" for rendering in probe.values())
+            found = yield from self.probe_plan(list(probe), options, compare=compare)
+            for i, tokens in found.items():
+                verdicts[i] = tokens if isinstance(tokens, RemoteError) else self._judge_probe(i, tokens, probe[i])
+        for i, verdict in verdicts.items():
+            if not isinstance(verdict, RemoteError) and setting != "auto" and verdict[0] != setting:
+                raise RerankError(self._contradiction(i, verdict))
+        return verdicts
+
+    def probe_plan(self, indices: list[int], options: dict[str, Any], *, compare: bool) -> Plan[dict[int, Any]]:
+        """Prompt tokens the replicas count for the canary pair sent as raw text with a non-default instruction
+        (None: the server reports no usage); with ``compare``, also learns the official counts to compare with."""
+        if compare:
+            yield from self.official_plan(DEFAULT_INSTRUCTION)
+            yield from self.official_plan(_PROBE_INSTRUCTION)
+        call = protocol.scoring_call(CANARY_QUERY, [CANARY_RELEVANT], _PROBE_INSTRUCTION, template="server",
+                                     route=self.settings.route, model=self.settings.model)
+        parse = call.parse
+        assert parse is not None
+
+        def tokens(body: Any) -> int | None:
+            parse(body)  # a malformed answer is the replica's fault, as for any scoring request
+            return protocol.usage_tokens(body)
+
+        answers = yield [replace(call, parse=tokens, tolerate=_REPLICA_FAULTS, replicas=(i,), **options)
+                         for i in indices]
+        return dict(zip(indices, answers))
+
+    def _judge_probe(self, index: int, tokens: int | None, rendering: str) -> tuple[Mode, bool, str]:
+        """The mode of a replica from the prompt tokens it counted for the raw canary pair (see probe_plan):
+        tokens never outnumber UTF-8 bytes, so a count at most the raw texts' bytes means no template."""
+        raw_bound = protocol.max_tokens_bound(CANARY_QUERY) + protocol.max_tokens_bound(CANARY_RELEVANT)
+        url = self.settings.base_urls[index]
+        if tokens is None:
+            if rendering == "official":
+                return ("server", True, "its /tokenize renders the official prompt (no token usage to confirm it)")
+            if rendering == "no /tokenize":
+                logger.warning("%s has no /tokenize and reports no token usage: whether it renders the reranker "
+                               "template cannot be told; using template='client' (check-server tells more)", url)
+                return ("client", True, "no /tokenize and no token usage: assumed, as older servers need")
+            raise RerankError(
+                f"{url} renders the canary's query/document messages to another prompt than the official one and "
+                "reports no token usage, so whether it applies that template when scoring cannot be told. Fix: "
+                + _TEMPLATE_FIX + "."
+            )
+        if tokens <= raw_bound:
+            return ("client", True, f"it scored the raw canary pair as {tokens} tokens: no template")
+        if rendering == "no /tokenize":
+            logger.warning("%s applies a template (it scored the raw canary pair as %d tokens) but has no /tokenize "
+                           "to compare its prompt with the official one; check-server tells more", url, tokens)
+            return ("server", True, f"it scored the raw canary pair as {tokens} tokens: a template")
+        official = len(self.cache.official[_PROBE_INSTRUCTION])
+        default = len(self.cache.official[DEFAULT_INSTRUCTION])
+        if rendering != "another prompt" and tokens == official:
+            return ("server", True, f"it scored the raw canary pair as the official {tokens}-token prompt")
+        if rendering != "another prompt" and tokens == default:
+            return ("server", False, f"it scored the raw canary pair as the official prompt with its default "
+                    f"instruction ({tokens} tokens): it drops the request's `instruction`")
+        raise RerankError(
+            f"{url} scored the raw canary pair as {tokens} prompt tokens where the official prompt has {official}: "
+            "it applies a template that renders another prompt, and neither template mode gives the official "
+            "scores. Fix: " + _TEMPLATE_FIX + "."
+        )
+
+    def _contradiction(self, index: int, verdict: tuple[Mode, bool, str]) -> str:
+        url, (mode, _, evidence) = self.settings.base_urls[index], verdict
+        if mode == "server":
+            return (f"template='client' but {url} applies the reranker template itself ({evidence}): the prompt "
+                    "would be wrapped twice and every score would be wrong. Use template='server', or "
+                    "template='auto' (the default), which finds this out.")
+        return (f"template='server' but {url} applies no reranker template ({evidence}): raw text would be "
+                "scored without the prompt. Use template='client', or template='auto' (the default), which finds "
+                "this out; or " + _TEMPLATE_FIX.split(", or use", 1)[0] + ".")
 
 
 
@@ -412,6 +857,8 @@ def combine(reports: list[ServerCheck], urls: Sequence[str]) -> ServerCheck:
         ("the canary's prompt tokens (the template)", lambda r: r.prompt_tokens),
         ("the official prompt's token count (the tokenizer)", lambda r: r.expected_prompt_tokens),
         ("whether the template renders the official token ids", lambda r: r.prompt_ids_match),
+        ("the template mode", lambda r: r.template),
+        ("the serving dtype", lambda r: r.dtype),
     ):
         seen = {i: get(r) for i, r in enumerate(reports) if get(r) is not None}
         if len(set(seen.values())) > 1:

@@ -3,12 +3,16 @@
 vLLM serves the original Qwen3-Reranker checkpoint as a one-row classifier (``W[yes] − W[no]``, sigmoid), so its
 ``relevance_score`` is the official P("yes") — provided the prompt it scores is the official one:
 
-- ``template="client"`` (older vLLM, vllm-ascend, any server without the reranker ``--chat-template``): vLLM
+- client mode (older vLLM, vllm-ascend, any server without the reranker ``--chat-template``): vLLM
   concatenates the query's and each document's tokens as they are, so this client sends
   ``PREFIX + <Instruct>/<Query> part`` as the query and ``<Document>: text + SUFFIX`` as each document. Those two
   pieces tokenize to exactly the official ids (every seam falls on a pre-token boundary or a special token).
-- ``template="server"``: the server renders the official prompt itself; the client sends raw text and
-  ``instruction``.
+- server mode (started with the reranker ``--chat-template``): the server renders the official prompt itself;
+  the client sends raw text and ``instruction``.
+
+``template="auto"`` (the default) finds out which one the server needs, once per scorer, before its first
+request (:class:`~qwen3_rerank_integrations.vllm.check.Survey`); ``"client"``/``"server"`` say it, and are
+checked the same way: a server that contradicts them raises instead of scoring wrong.
 
 Long documents are cut at their tail to fit the context, the suffix kept, exactly as the official method cuts
 them (see :meth:`VLLMScorer.score`). Long lists are split into ``batch_size`` requests sent concurrently, spread
@@ -26,20 +30,22 @@ import asyncio
 import concurrent.futures
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from .. import _secrets
-from . import check as _check_module
-from . import protocol
-from .check import Checker, CheckState, ServerCheck
-from .fitting import FitCache, Fitting
-from .launch import API_KEY_ENV
-from .transport import Connections, Driver, Plan
 from ..base import ScorerBase
 from ..errors import RerankError
 from ..extras import require
+from ..prompt import DEFAULT_INSTRUCTION
+from . import check as _check_module
+from . import protocol
+from .check import Checker, CheckState, ServerCheck, Survey, SurveyCache
+from .fitting import FitCache, Fitting
+from .launch import API_KEY_ENV
+from .transport import Connections, Driver, Plan
 
 __all__ = ["VLLMScorer"]
 
@@ -50,13 +56,15 @@ def _api_key_from_env() -> SecretStr | None:
 
 
 class _State:
-    """A scorer's mutable runtime state (never part of its settings, repr or serialization)."""
+    """A scorer's mutable runtime state (never part of its settings, repr or serialization): everything it has
+    loaded or learned, in one place, so that dropping it starts the scorer afresh."""
 
-    __slots__ = ("connections", "fitting")
+    __slots__ = ("connections", "fitting", "survey")
 
     def __init__(self) -> None:
         self.connections = Connections()  # HTTP clients and the replica pool
-        self.fitting = FitCache()  # context and token counts learned from the server
+        self.fitting = FitCache()  # token counts learned from the server, the local tokenizer
+        self.survey = SurveyCache()  # each replica's context and template mode
 
 
 class VLLMScorer(ScorerBase):
@@ -80,7 +88,8 @@ class VLLMScorer(ScorerBase):
         description="The server root, e.g. 'http://localhost:8000' (a trailing '/v1' is accepted and dropped), or "
         "a list of replicas' roots serving the same model: each call's requests are then spread over them and a "
         "failed request goes to another (docs/replicas.md). Credentials in it ('http://user:password@host') "
-        "are moved to basic_auth, so the URL never shows them."
+        "are moved to basic_auth, so the URL never shows them; every replica gets the same Authorization header, "
+        "so a list must give the same credentials in every entry, or none."
     )
     model: str | None = Field(
         None, description="Served model name to send; None lets the server use the one it serves."
@@ -95,11 +104,13 @@ class VLLMScorer(ScorerBase):
         "'user:password@' when it has one. Like api_key, never shown; it cannot be combined with api_key "
         f"(both would be the Authorization header: pass api_key=None to ignore ${API_KEY_ENV}).",
     )
-    template: Literal["client", "server"] = Field(
-        "client",
-        description="'client': this client renders the official prompt (servers without the reranker "
-        "--chat-template: older vLLM, vllm-ascend). 'server': send raw text and `instruction` to a server "
-        "started with --chat-template qwen3_reranker.jinja.",
+    template: protocol.TemplateSetting = Field(
+        "auto",
+        description="Who renders the official prompt. 'auto': find out from the server, once per scorer (its "
+        "/tokenize rendering of a canary pair, and where that cannot tell, one scored canary pair). 'client': this "
+        "client renders it (servers without the reranker --chat-template: older vLLM, vllm-ascend). 'server': send "
+        "raw text and `instruction` to a server started with the reranker --chat-template. A server that "
+        "contradicts 'client' or 'server' raises RerankError naming the fix.",
     )
     route: Literal["rerank", "score"] = Field(
         "rerank", description="'rerank' calls /v1/rerank; 'score' calls /v1/score (text_1/text_2); same scores."
@@ -127,6 +138,13 @@ class VLLMScorer(ScorerBase):
     batch_size: int = Field(32, gt=0, description="Most documents per request.")
     max_concurrency: int = Field(
         8, gt=0, description="Most requests in flight at once for one call, over all replicas together."
+    )
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds one call (score, ascore, check, cache_identity) may take in all, retries, backoff "
+        "and failover included; past it, ServerTimeoutError. None: no bound but each request's timeout "
+        "(worst case: docs/vllm.md, \"Time limits\").",
     )
     replica_cooldown: float = Field(
         1.0,
@@ -156,6 +174,14 @@ class VLLMScorer(ScorerBase):
     verify: bool | str = Field(
         True, description="TLS verification: True (system CAs), a CA bundle path, or False (not recommended)."
     )
+    transport: Any = Field(
+        None,
+        repr=False,
+        exclude=True,
+        description="An httpx transport to send every request through instead of the network, e.g. "
+        "httpx.MockTransport(handler) in tests (it serves score() and ascore()); None: the network. The "
+        "request time bound is then checked between body chunks only.",
+    )
 
     # Clients, pool and caches in one plain object: pydantic's private-attribute lookup is slow enough to show
     # in the per-request overhead.
@@ -165,10 +191,12 @@ class VLLMScorer(ScorerBase):
         require("VLLMScorer")  # httpx: one line naming the remote extra, not a ModuleNotFoundError at first use
         # Credentials in a URL become basic_auth here, before validation, so that the URL can be shown anywhere
         # (repr, errors, httpx's request log) and httpx does not quietly send them instead of api_key. Every
-        # replica gets the same Authorization header, so replicas may carry only the same credentials.
+        # replica gets the same Authorization header, so a list must carry the same credentials in every entry
+        # or in none: one entry's credentials must never reach another replica.
         several = isinstance(base_url, (list, tuple))
         urls = list(base_url) if several else [base_url]
         found: tuple[str, str] | None = None
+        with_credentials: list[int] = []
         for i, url in enumerate(urls):
             if not isinstance(url, str):
                 continue  # the validator names the wrong type
@@ -183,6 +211,16 @@ class VLLMScorer(ScorerBase):
                 raise ValueError(f"{name} has other user:password@ than an earlier replica: every replica gets "
                                  "the same Authorization header, so give one set of credentials (basic_auth=)")
             found = credentials
+            with_credentials.append(i)
+        if found is not None and several:
+            without = [i for i, url in enumerate(urls) if isinstance(url, str) and i not in with_credentials]
+            if without:
+                raise ValueError(
+                    f"base_url[{with_credentials[0]}] has user:password@ but base_url[{without[0]}] has none: every "
+                    "replica gets the same Authorization header, so one entry's credentials would go to the "
+                    "others. Give the same user:password@ in every entry, or none and basic_auth='user:password' "
+                    "for all."
+                )
         if found is not None:
             data["basic_auth"] = SecretStr(":".join(found))
         super().__init__(base_url=urls if several else urls[0], **data)
@@ -252,19 +290,26 @@ class VLLMScorer(ScorerBase):
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
         """P("yes") for each document against ``query``, in input order.
 
-        Documents whose prompt would exceed the context (``max_length``, else the server's ``max_model_len``)
-        are cut at their tail to fit, the suffix kept, as the official method cuts them. Only a document that
-        might be too long (more UTF-8 bytes than the context has tokens) is counted, with ``tokenizer`` if
-        given, else the server's ``/tokenize``. When the official cut falls inside a character that spans
-        several byte-level tokens, the cut moves back to that character's start (up to 3 tokens), since text
-        cannot carry half a character; that one score then differs slightly from the official one.
+        The first call surveys the server(s), once per scorer: the template mode (``template="auto"``, or a
+        check of the one given) and, without ``max_length``, the context. Documents whose prompt would exceed the
+        context (``max_length``, else the smallest ``max_model_len`` of the replicas, so that a document is cut
+        the same wherever it is scored) are cut at their tail to fit, the suffix kept, as the official method
+        cuts them. Only a document that might be too long (more UTF-8 bytes than the context has tokens) is
+        counted, with ``tokenizer`` if given, else the server's ``/tokenize``. When the official cut falls inside
+        a character that spans several byte-level tokens, the cut moves back to that character's start (up to 3
+        tokens), since text cannot carry half a character; that one score then differs slightly from the
+        official one.
 
         Raises:
             TypeError, ValueError: bad arguments (before any network work); ValueError also when the query
                 and instruction alone do not fit the context.
+            RerankError: the server's prompt rendering contradicts ``template``, or neither mode would give the
+                official scores (a template that renders another prompt), or the replicas are not configured
+                alike; the message names the fix.
             RemoteError subclasses: the server could not be reached, refused the request, or answered
-                something that is not a complete, valid result. With replicas, a connect error, timeout, 429
-                or 5xx is raised only once no replica could answer (the message lists each one's last error).
+                something that is not a complete, valid result. With replicas, a connect error, timeout, 429,
+                5xx or malformed answer is raised only once no replica could answer (the message lists each
+                one's last error). ServerTimeoutError also once ``deadline`` has passed.
         """
         return super().score(query, documents, instruction=instruction)
 
@@ -297,6 +342,10 @@ class VLLMScorer(ScorerBase):
         - a served model other than ``model``; a server that ignores ``instruction``;
         - a canary gap (relevant minus irrelevant score) under ``min_gap``: this one needs real weights; pass
           ``min_gap=-1`` to switch it off (a test model with random weights).
+
+        With ``template="auto"`` the mode is found as :meth:`score` finds it (a fresh look, each check) and
+        reported in ``template`` and ``template_evidence``; ``dtype`` is the serving precision where the server
+        tells it (vLLM shows it only in its development mode), else None.
 
         Never raises for server faults: they land in ``error``.
         """
@@ -342,10 +391,13 @@ class VLLMScorer(ScorerBase):
     def _fitting(self) -> Fitting:
         return Fitting(self, self._state.fitting)
 
+    def _survey(self) -> Survey:
+        return Survey(self, self._fitting(), self._state.survey)
+
     def _check_one(self, index: int, min_gap: float) -> ServerCheck:
         state = CheckState(self, self.base_urls[index])
         try:
-            self._driver(index).run(Checker(self, self._fitting()).check_plan(state, min_gap))
+            self._driver(index).run(Checker(self, self._fitting(), index).check_plan(state, min_gap))
         except RerankError as exc:
             state.error = str(exc)
         return state.result()
@@ -353,22 +405,31 @@ class VLLMScorer(ScorerBase):
     async def _acheck_one(self, index: int, min_gap: float) -> ServerCheck:
         state = CheckState(self, self.base_urls[index])
         try:
-            await self._driver(index).arun(Checker(self, self._fitting()).check_plan(state, min_gap))
+            await self._driver(index).arun(Checker(self, self._fitting(), index).check_plan(state, min_gap))
         except RerankError as exc:
             state.error = str(exc)
         return state.result()
 
     def _score_plan(self, query: str, docs: list[str], instr: str) -> Plan[list[float]]:
-        docs = yield from self._fitting().fit_plan(query, docs, instr)
+        fleet = yield from self._survey().fleet_plan()
+        if not fleet.honours_instruction and instr != DEFAULT_INSTRUCTION:
+            raise RerankError(
+                f"{', '.join(self.base_urls)} renders the reranker template but drops the request's `instruction` "
+                f"(an older vLLM), so instruction={instr!r} would be scored as the default one. Use the default "
+                "instruction, a newer vLLM, or a server started without --chat-template (template='client')."
+            )
+        docs = yield from self._fitting().fit_plan(query, docs, instr, self.max_length or fleet.context)
         batches = [docs[i : i + self.batch_size] for i in range(0, len(docs), self.batch_size)]
         calls = [
-            protocol.scoring_call(query, batch, instr, template=self.template, route=self.route, model=self.model)
+            replace(
+                protocol.scoring_call(query, batch, instr, template=fleet.mode, route=self.route, model=self.model),
+                replicas=fleet.allowed,
+            )
             for batch in batches
         ]
-        bodies = yield calls
         scores: list[float] = []
-        for batch, body in zip(batches, bodies):
-            scores.extend(protocol.parse_scores(body, len(batch), self.route))
+        for batch_scores in (yield calls):
+            scores.extend(batch_scores)
         return scores
 
     def _register_secrets(self) -> None:
@@ -384,8 +445,11 @@ class VLLMScorer(ScorerBase):
     def cache_identity(self) -> dict[str, Any]:
         """What decides this scorer's scores, for score-cache keys (:mod:`~qwen3_rerank_integrations.cache`):
         the server (``base_url`` without credentials or query; replicas: their sorted list), ``model``,
-        ``template``, ``route`` and the prompt limit in force (``max_length``, else the server's context, asked
-        once). Never a secret.
+        ``template``, ``route`` and the prompt limit in force (``max_length``, else the replicas' smallest
+        context, asked once). Never a secret.
+
+        ``template`` is the setting: every setting either scores the official prompt or raises (the survey
+        refuses a server that contradicts it), so the mode found by ``"auto"`` changes no score.
         """
         return self._driver().run(self._identity_plan())
 
@@ -396,7 +460,9 @@ class VLLMScorer(ScorerBase):
     def _identity_plan(self) -> Plan[dict[str, Any]]:
         from .._model_identity import public_url
 
-        context = yield from self._fitting().limit_plan()
+        context = self.max_length
+        if context is None:
+            context = (yield from self._survey().fleet_plan()).context
         urls = self.base_url if isinstance(self.base_url, str) else sorted(map(public_url, self.base_url))
         return {
             "backend": "vllm",

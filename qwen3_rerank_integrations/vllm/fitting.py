@@ -3,7 +3,8 @@ suffix kept (see :meth:`~qwen3_rerank_integrations.vllm.VLLMScorer.score`).
 
 Each operation is a plan (see :mod:`qwen3_rerank_integrations.vllm.transport`): token counts come from the
 server's ``/tokenize`` and ``/detokenize`` (any replica: replicas serve one model, which ``check()`` verifies),
-or from a local ``tokenizer``.
+or from a local ``tokenizer``. The context to fit into (``max_length``, else the smallest ``max_model_len`` of
+the replicas) is learned by the survey (:mod:`qwen3_rerank_integrations.vllm.check`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ import threading
 from typing import Any, Protocol
 
 from .. import _secrets
-from . import protocol
-from .protocol import Call
-from .transport import Plan
-from ..errors import BadRequestError, InvalidResponseError, RerankError, RouteNotFoundError
+from ..errors import InvalidResponseError, RerankError
 from ..prompt import (
     PREFIX,
     SUFFIX,
@@ -27,8 +25,11 @@ from ..prompt import (
     splits_hold_for,
     token_prefixes,
 )
+from . import protocol
+from .protocol import Call
+from .transport import Plan
 
-__all__ = ["FitCache", "Fitting", "context_from_models", "token_ids"]
+__all__ = ["FitCache", "Fitting", "context_from_models", "token_ids", "detokenized_text"]
 
 logger = logging.getLogger("qwen3_rerank_integrations.vllm")
 
@@ -48,13 +49,11 @@ class Settings(Protocol):
 
 
 class FitCache:
-    """What fitting learns once per scorer: the context, the fixed token counts, the local tokenizer."""
+    """What fitting learns once per scorer: the fixed token counts and the local tokenizer."""
 
-    __slots__ = ("context", "context_known", "fixed_counts", "local_tokenizer", "lock")
+    __slots__ = ("fixed_counts", "local_tokenizer", "lock")
 
     def __init__(self) -> None:
-        self.context: int | None = None
-        self.context_known = False
         self.fixed_counts: tuple[int, int, int] | None = None
         self.local_tokenizer: Any = None
         self.lock = threading.Lock()
@@ -68,13 +67,13 @@ class Fitting:
     def __init__(self, settings: Settings, cache: FitCache) -> None:
         self.settings, self.cache = settings, cache
 
-    def fit_plan(self, query: str, docs: list[str], instruction: str) -> Plan[list[str]]:
-        """Cut documents whose prompt exceeds the context, the official way (token-level, from the tail).
+    def fit_plan(self, query: str, docs: list[str], instruction: str, limit: int | None) -> Plan[list[str]]:
+        """Cut documents whose prompt exceeds ``limit`` tokens, the official way (token-level, from the tail);
+        None: no limit.
 
         Token counting costs requests, so it is done only for documents that may not fit: first by UTF-8 bytes
         alone, then with the prefix's and suffix's real token counts (learned once), then by tokenizing.
         """
-        limit = yield from self.limit_plan()
         if limit is None:
             return docs
         head = query_side(query, instruction)
@@ -169,29 +168,12 @@ class Fitting:
                 cut[i] = fallback.get(i, "")
         return cut
 
-    def limit_plan(self) -> Plan[int | None]:
-        """The most tokens per prompt: ``max_length``, else the server's context (asked once, then cached)."""
-        if self.settings.max_length is not None:
-            return self.settings.max_length
-        cache = self.cache
-        if not cache.context_known:
-            (models,) = yield [Call("GET", protocol.MODELS_PATH, tolerate=(RouteNotFoundError,))]
-            context = context_from_models(models, self.settings.model)
-            if context is None:  # some servers/proxies hide /v1/models; /tokenize reports it too
-                (tokenized,) = yield [self.tokenize_call("a", tolerate=(RouteNotFoundError, BadRequestError))]
-                value = tokenized.get("max_model_len") if isinstance(tokenized, dict) else None
-                context = protocol.positive_int(value)
-            if context is None:
-                logger.warning("%s reports no max_model_len; long documents will not be cut",
-                               ", ".join(self.settings.base_urls))
-            cache.context, cache.context_known = context, True
-        return cache.context
-
-    def tokenize_call(self, text: str, tolerate: tuple[type[Exception], ...] = ()) -> Call:
+    def tokenize_call(self, text: str, tolerate: tuple[type[Exception], ...] = (), **options: Any) -> Call:
+        """``POST /tokenize`` of ``text``; answers the token ids (``options``: more :class:`Call` fields)."""
         body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
         if self.settings.model is not None:
             body["model"] = self.settings.model
-        return Call("POST", protocol.TOKENIZE_PATH, body, tolerate)
+        return Call("POST", protocol.TOKENIZE_PATH, body, tolerate, parse=token_ids, **options)
 
     def tokenize_plan(self, texts: list[str]) -> Plan[list[list[int]]]:
         if not texts:
@@ -199,8 +181,7 @@ class Fitting:
         tokenizer = self.local_tokenizer()
         if tokenizer is not None:
             return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        bodies = yield [self.tokenize_call(t) for t in texts]
-        return [token_ids(body) for body in bodies]
+        return (yield [self.tokenize_call(t) for t in texts])
 
     def detokenize_plan(self, id_lists: list[list[int]]) -> Plan[list[str]]:
         tokenizer = self.local_tokenizer()
@@ -213,14 +194,8 @@ class Fitting:
             body: dict[str, Any] = {"tokens": ids}
             if self.settings.model is not None:
                 body["model"] = self.settings.model
-            calls.append(Call("POST", protocol.DETOKENIZE_PATH, body))
-        bodies = yield calls
-        texts = [body.get("prompt") if isinstance(body, dict) else None for body in bodies]
-        if not all(isinstance(t, str) for t in texts):
-            raise InvalidResponseError(
-                f"the server's /detokenize answer has no 'prompt' string: {_secrets.snippet(bodies[0])}"
-            )
-        return texts  # type: ignore[return-value]
+            calls.append(Call("POST", protocol.DETOKENIZE_PATH, body, parse=detokenized_text))
+        return (yield calls)
 
     def official_ids_plan(self, query: str, docs: list[str], instruction: str) -> Plan[list[list[int]]]:
         """Token ids of the official prompt of each of ``docs`` (tokenized as the server tokenizes)."""
@@ -253,6 +228,14 @@ def context_from_models(body: Any, model: str | None) -> int | None:
             value = entry.get("max_model_len")
             return protocol.positive_int(value)
     return None
+
+
+def detokenized_text(body: Any) -> str:
+    """The text of a /detokenize answer."""
+    text = body.get("prompt") if isinstance(body, dict) else None
+    if not isinstance(text, str):
+        raise InvalidResponseError(f"the server's /detokenize answer has no 'prompt' string: {_secrets.snippet(body)}")
+    return text
 
 
 def token_ids(body: Any) -> list[int]:

@@ -7,12 +7,13 @@ the rules can be tested without a server. Facts (both server generations): ``../
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 import re
 import time
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -55,7 +56,8 @@ MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/health"
 
 Route = Literal["rerank", "score"]
-Template = Literal["client", "server"]
+Template = Literal["client", "server"]  # who renders the prompt: the mode a request is built for
+TemplateSetting = Literal["auto", "client", "server"]  # VLLMScorer's setting: "auto" finds the mode out
 
 # A proxy may ask for an hour; waiting that long inside a rerank call helps nobody.
 MAX_RETRY_AFTER_S = 60.0
@@ -67,12 +69,28 @@ _DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request to make. ``tolerate`` lists error types handed back as values instead of raised."""
+    """One HTTP request to make.
+
+    Attributes:
+        tolerate: error types handed back as values instead of raised.
+        parse: turns a 2xx body into the value the plan receives, raising :class:`InvalidResponseError` for a
+            malformed one; that counts as the answering replica's fault (set aside, the request sent to another),
+            like a 5xx. None: the body as it is.
+        replicas: the replicas (indices into ``base_url``) that may answer; None: any.
+        retries: retries of a transient fault once every allowed replica has failed it; None: the scorer's
+            ``max_retries``.
+        skip_set_aside: when its only replica is set aside after faults, hand back a
+            :class:`ServerConnectionError` at once instead of sending (a survey of that replica waits for its turn).
+    """
 
     method: Literal["GET", "POST"]
     path: str
     json: dict[str, Any] | None = None
     tolerate: tuple[type[Exception], ...] = field(default=())
+    parse: Callable[[Any], Any] | None = None
+    replicas: tuple[int, ...] | None = None
+    retries: int | None = None
+    skip_set_aside: bool = False
 
 
 class TransientError(Exception):
@@ -138,7 +156,8 @@ def scoring_call(
 ) -> Call:
     """The request that scores ``documents`` against ``query``: the official prompt's two sides for
     ``template="client"``; for ``"server"``, the raw texts and ``instruction``, control tokens escaped (the
-    server's template parses them in what it renders)."""
+    server's template parses them in what it renders). Its answer is parsed into the scores, in request order
+    (:func:`parse_scores`)."""
     sent_instruction: str | None
     if template == "client":
         query, documents, sent_instruction = query_side(query, instruction), [document_side(d) for d in documents], None
@@ -147,7 +166,8 @@ def scoring_call(
         sent_instruction = escape_control_tokens(instruction)
     build = rerank_payload if route == "rerank" else score_payload
     path = RERANK_PATH if route == "rerank" else SCORE_PATH
-    return Call("POST", path, build(query, documents, model=model, instruction=sent_instruction))
+    body = build(query, documents, model=model, instruction=sent_instruction)
+    return Call("POST", path, body, parse=functools.partial(parse_scores, count=len(documents), route=route))
 
 
 def _common_fields(body: dict[str, Any], model: str | None, instruction: str | None) -> dict[str, Any]:

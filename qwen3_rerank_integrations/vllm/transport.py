@@ -8,8 +8,12 @@ Each call is sent by one small loop (:meth:`Driver.send`, :meth:`Driver.asend`) 
 :func:`decide`: after a transient fault (connect error, timeout, 429, 502, 503, 504) the call goes at once to
 another replica not yet tried; once every replica has failed it, that is one retry, and the loop waits
 (``Retry-After`` if the server gave one, else exponential backoff with jitter) and starts another round. Another
-5xx (500) goes to each other replica once, never retried. A single server is the one-replica case: each round
-is one attempt, as before replicas existed.
+5xx (500) or a malformed 2xx answer (not JSON, not a valid result) goes to each other replica once, never
+retried. A single server is the one-replica case: each round is one attempt, as before replicas existed.
+
+With the scorer's ``deadline`` set, the whole public call (every round of its plan, retries and failovers
+included) ends by then: each request's time is cut to what is left, a retry whose wait would pass it is not
+made, and the call raises :class:`ServerTimeoutError` (see :func:`deadline_error`).
 
 :class:`ReplicaPool` picks the replica for each attempt: the one with the fewest requests outstanding (ties in
 turn), skipping replicas set aside after a fault. A set-aside replica waits ``replica_cooldown`` seconds, doubled
@@ -49,7 +53,10 @@ if TYPE_CHECKING:
     import httpx
     from pydantic import SecretStr
 
-__all__ = ["Plan", "Driver", "Connections", "ReplicaPool", "Attempt", "Step", "decide", "backoff_wait"]
+__all__ = [
+    "Plan", "Driver", "Connections", "ReplicaPool", "Attempt", "Step", "decide", "backoff_wait", "deadline_error",
+    "is_replica_fault",
+]
 
 logger = logging.getLogger("qwen3_rerank_integrations.vllm")
 
@@ -74,6 +81,8 @@ class Settings(Protocol):
     basic_auth: SecretStr | None
     headers: dict[str, SecretStr]
     verify: bool | str
+    deadline: float | None
+    transport: Any
 
     @property
     def base_urls(self) -> list[str]: ...
@@ -121,38 +130,63 @@ def decide(
     backoff: float,
     urls: Sequence[str] = (),
     rand: Callable[[], float] = random.random,
+    time_left: float | None = None,
+    deadline: float | None = None,
 ) -> Step:
-    """What to do after ``outcome`` (a body, a :class:`TransientError` or a final :class:`RemoteError`) of an
-    attempt on replica number ``replica`` of ``replicas``. Updates ``attempt``; does no I/O."""
+    """What to do after ``outcome`` (a value, a :class:`TransientError` or a final :class:`RemoteError`) of an
+    attempt on replica number ``replica`` of ``replicas``. ``time_left``: seconds until the call's ``deadline``
+    (None: no deadline); a failover or retry that cannot finish by then raises :func:`deadline_error` instead.
+    Updates ``attempt``; does no I/O."""
     if isinstance(outcome, TransientError):
         attempt.errors[replica] = outcome.error
         attempt.tried.add(replica)
         if len(attempt.tried) < replicas:
-            return Step("failover")
-        if attempt.retries < max_retries:
+            step = Step("failover")
+        elif attempt.retries < max_retries:
             attempt.retries += 1
             attempt.tried.clear()
             wait = outcome.retry_after if outcome.retry_after is not None else backoff_wait(
                 attempt.retries, backoff, rand
             )
-            return Step("retry", wait=wait)
-        return Step("raise", error=final_error(attempt.errors, urls))
-    if is_server_fault(outcome):
-        # A 500 is not retried on one server (the same request would likely fail again), but it may be this
-        # replica's own fault: another replica gets the request once.
+            step = Step("retry", wait=wait)
+        else:
+            return Step("raise", error=final_error(attempt.errors, urls))
+    elif is_replica_fault(outcome):
+        # A 500 or a malformed answer is not retried on one server (the same request would likely fail again),
+        # but it may be this replica's own fault: another replica gets the request once.
         attempt.errors[replica] = outcome
         attempt.tried.add(replica)
-        if len(attempt.tried) < replicas:
-            return Step("failover")
-        return Step("raise", error=final_error(attempt.errors, urls))
-    if isinstance(outcome, RemoteError):
+        if len(attempt.tried) >= replicas:
+            return Step("raise", error=final_error(attempt.errors, urls))
+        step = Step("failover")
+    elif isinstance(outcome, RemoteError):
         return Step("raise", error=outcome)
-    return Step("return", value=outcome)
+    else:
+        return Step("return", value=outcome)
+    if time_left is not None and (time_left <= 0 or step.wait >= time_left):
+        return Step("raise", error=deadline_error(deadline, attempt.errors, urls))
+    return step
 
 
-def is_server_fault(outcome: Any) -> bool:
-    """An error answer a replica's own breakage may cause: a 5xx that is not retried (500, 501, 505...)."""
-    return isinstance(outcome, ServerResponseError) and outcome.status_code >= 500
+def is_replica_fault(outcome: Any) -> bool:
+    """An answer a replica's own breakage may cause, not worth retrying on it: a 5xx other than 502/503/504
+    (those are transient) or a malformed 2xx (:class:`InvalidResponseError`)."""
+    return (isinstance(outcome, ServerResponseError) and outcome.status_code >= 500) or isinstance(
+        outcome, InvalidResponseError
+    )
+
+
+def deadline_error(deadline: float | None, errors: dict[int, RemoteError], urls: Sequence[str]) -> ServerTimeoutError:
+    """The error of a call that ran out of its ``deadline``, naming each replica's last error if any."""
+    message = f"the call did not finish within deadline={deadline:g}s (retries and failovers included)"
+    if errors:
+        message += "; last errors: " + "; ".join(
+            f"base_url[{i}] {urls[i] if i < len(urls) else '?'}: {error}" for i, error in sorted(errors.items())
+        )
+    error = ServerTimeoutError(message)
+    if errors:
+        error.__cause__ = list(errors.values())[-1]
+    return error
 
 
 def final_error(errors: dict[int, RemoteError], urls: Sequence[str]) -> RemoteError:
@@ -199,20 +233,23 @@ class ReplicaPool:
         self.lock = threading.Lock()
         self._turn = 0
 
-    def acquire(self, tried: set[int], pin: int | None = None) -> Replica:
+    def acquire(self, tried: set[int], allowed: Sequence[int] | None = None) -> Replica:
         """The replica for the next attempt, counted as outstanding until :meth:`release`.
 
-        Among the replicas this call has not tried in this round: a ready one with the fewest outstanding
-        requests (ties: the next in turn); when none is ready, the one whose set-aside ends first, as a trial,
-        rather than failing a call that another try might save. ``pin`` names the replica to use, whatever.
+        Among the ``allowed`` replicas (None: all) this call has not tried in this round: a ready one with the
+        fewest outstanding requests (ties: the next in turn); when none is ready, the one whose set-aside ends
+        first, as a trial, rather than failing a call that another try might save. A single allowed replica is
+        used whatever its health.
         """
         now = time.monotonic()
         with self.lock:
-            if pin is not None:
-                chosen = self.replicas[pin]
+            if allowed is not None and len(allowed) == 1:
+                chosen = self.replicas[allowed[0]]
             else:
                 count = len(self.replicas)
                 order = [self.replicas[(self._turn + k) % count] for k in range(count)]
+                if allowed is not None:
+                    order = [r for r in order if r.index in allowed]
                 candidates = [r for r in order if r.index not in tried] or order
                 ready = [r for r in candidates if r.until <= now and not r.trial]
                 if ready:
@@ -226,15 +263,21 @@ class ReplicaPool:
             chosen.sent += 1
             return chosen
 
+    def set_aside(self, index: int) -> bool:
+        """Whether replica ``index`` is set aside now (its cooldown running, or its one trial in flight)."""
+        replica = self.replicas[index]
+        with self.lock:
+            return replica.trial or replica.until > time.monotonic()
+
     def release(self, replica: Replica, outcome: Any, cooldown: float) -> None:
-        """Book ``outcome`` of a request to ``replica``: a transient fault or a 5xx sets it aside, anything
-        else (an answer, even a 4xx) shows it is up."""
+        """Book ``outcome`` of a request to ``replica``: a transient fault, a 5xx or a malformed answer sets it
+        aside, anything else (an answer, even a 4xx) shows it is up."""
         now = time.monotonic()
         with self.lock:
             replica.outstanding -= 1
             if outcome is _ABORTED:
                 replica.trial = False
-            elif isinstance(outcome, TransientError) or is_server_fault(outcome):
+            elif isinstance(outcome, TransientError) or is_replica_fault(outcome):
                 error = outcome.error if isinstance(outcome, TransientError) else outcome
                 replica.last_error = error
                 # Requests in flight when a replica dies all fail: only the first of them (or a failed trial)
@@ -278,8 +321,9 @@ class Connections:
             if self.client is None:
                 import httpx
 
-                client = httpx.Client(**client_options(settings))
-                _http.bound_client(client, is_async=False)
+                client = httpx.Client(**client_options(settings, is_async=False))
+                if settings.transport is None:  # a given transport has no network backend of httpcore's
+                    _http.bound_client(client, is_async=False)
                 self.client = client
             return self.client
 
@@ -291,8 +335,9 @@ class Connections:
             if self.aclient is None or self.aclient_loop is None or self.aclient_loop() is not loop:
                 import httpx
 
-                self.aclient = httpx.AsyncClient(**client_options(settings))
-                _http.bound_client(self.aclient, is_async=True)
+                self.aclient = httpx.AsyncClient(**client_options(settings, is_async=True))
+                if settings.transport is None:
+                    _http.bound_client(self.aclient, is_async=True)
                 self.aclient_loop = weakref.ref(loop)
             return self.aclient
 
@@ -308,7 +353,7 @@ class Connections:
         self.close()
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
+def client_options(settings: Settings, *, is_async: bool = False) -> dict[str, Any]:
     """httpx client settings. No base_url: each request names its replica's URL."""
     import httpx
 
@@ -327,7 +372,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
     # Every replica may have a call's max_concurrency requests in flight (a call spreads them, but concurrent
     # calls add up); the pool's size only bounds sockets, never the requests' own time.
     connections = settings.max_concurrency * len(settings.base_urls)
-    return {
+    options: dict[str, Any] = {
         "headers": headers,
         "verify": verify,
         # pool=None: a request waiting for a free connection is not a timeout; the server's time is. Each
@@ -336,6 +381,14 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "limits": httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         "follow_redirects": False,
     }
+    if settings.transport is not None:
+        needed = "handle_async_request" if is_async else "handle_request"
+        if not callable(getattr(settings.transport, needed, None)):
+            kind = "an httpx.AsyncBaseTransport" if is_async else "an httpx.BaseTransport"
+            raise TypeError(f"transport= must be {kind} for {'ascore()' if is_async else 'score()'}, got "
+                            f"{type(settings.transport).__name__} (httpx.MockTransport serves both)")
+        options["transport"] = settings.transport
+    return options
 
 
 # ================================================================================================ driver
@@ -372,15 +425,18 @@ def _settle(call: Call, error: RemoteError) -> RemoteError:
 
 
 class Driver:
-    """Runs plans for one scorer call: its settings, its connections, and optionally one replica (``pin``)."""
+    """Runs plans for one public call of a scorer: its settings, its connections, optionally one replica
+    (``pin``), and the call's deadline (``settings.deadline`` seconds from now, if set)."""
 
-    __slots__ = ("settings", "connections", "pool", "pin")
+    __slots__ = ("settings", "connections", "pool", "pin", "deadline_at")
 
     def __init__(self, settings: Settings, connections: Connections, pin: int | None = None) -> None:
         self.settings = settings
         self.connections = connections
         self.pool = connections.pool_for(settings.base_urls)
         self.pin = pin
+        deadline = settings.deadline
+        self.deadline_at = None if deadline is None else time.monotonic() + deadline
 
     # ------------------------------------------------------------------------------------------ sync
     def run(self, plan: Plan[T]) -> T:
@@ -407,14 +463,17 @@ class Driver:
             concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
             return [f.result() for f in futures]
         finally:
-            # On a failure, requests not yet started are dropped; those in flight finish in the background.
+            # On a failure, requests not yet started are dropped; those in flight finish in the background
+            # (each bounded by the timeout and the deadline).
             pool.shutdown(wait=False, cancel_futures=True)
 
     def send(self, call: Call) -> Any:
-        """``call``'s body, after failovers and retries (see :func:`decide`); a tolerated error as a value."""
+        """``call``'s value, after failovers and retries (see :func:`decide`); a tolerated error as a value."""
         attempt = Attempt()
         while True:
-            replica = self.pool.acquire(attempt.tried, self.pin)
+            if (early := self._before_attempt(call, attempt)) is not None:
+                return _settle(call, early)
+            replica = self.pool.acquire(attempt.tried, self._allowed(call))
             outcome: Any = _ABORTED
             try:
                 outcome = self.send_once(replica.url, call)
@@ -422,7 +481,7 @@ class Driver:
                 outcome = exc
             finally:
                 self.pool.release(replica, outcome, self.settings.replica_cooldown)
-            step = self._decide(outcome, replica, attempt)
+            step = self._decide(call, outcome, replica, attempt)
             if step.action == "return":
                 return step.value
             if step.action == "raise":
@@ -435,17 +494,16 @@ class Driver:
         import httpx
 
         client = self.connections.sync_client(self.settings)
+        seconds, extra = self._request_limits()
         # The deadline bounds the whole request, body included (see _http); the reader bounds the body's size.
-        with _http.Deadline(self.settings.timeout) as deadline:
+        with _http.Deadline(seconds) as deadline:
             try:
-                with client.stream(call.method, url + call.path, json=call.json) as response:
+                with client.stream(call.method, url + call.path, json=call.json, **extra) as response:
                     reader = self._body_reader(url, call, response, deadline)
                     reader.read(response.iter_bytes())
             except httpx.RequestError as exc:
-                raise self._transport_error(url, call, exc) from exc
-        return protocol.read_response(
-            response.status_code, response.headers, reader.data, method=call.method, url=url + call.path
-        )
+                raise self._transport_error(url, call, exc, seconds) from exc
+        return self._value(url, call, response, reader)
 
     # ------------------------------------------------------------------------------------------ async
     async def arun(self, plan: Plan[T]) -> T:
@@ -481,7 +539,9 @@ class Driver:
         """Async twin of :meth:`send`."""
         attempt = Attempt()
         while True:
-            replica = self.pool.acquire(attempt.tried, self.pin)
+            if (early := self._before_attempt(call, attempt)) is not None:
+                return _settle(call, early)
+            replica = self.pool.acquire(attempt.tried, self._allowed(call))
             outcome: Any = _ABORTED
             try:
                 outcome = await self.asend_once(replica.url, call)
@@ -489,7 +549,7 @@ class Driver:
                 outcome = exc
             finally:
                 self.pool.release(replica, outcome, self.settings.replica_cooldown)
-            step = self._decide(outcome, replica, attempt)
+            step = self._decide(call, outcome, replica, attempt)
             if step.action == "return":
                 return step.value
             if step.action == "raise":
@@ -502,29 +562,77 @@ class Driver:
         import httpx
 
         client = self.connections.async_client(self.settings)
-        with _http.Deadline(self.settings.timeout) as deadline:
+        seconds, extra = self._request_limits()
+        with _http.Deadline(seconds) as deadline:
             try:
-                async with client.stream(call.method, url + call.path, json=call.json) as response:
+                async with client.stream(call.method, url + call.path, json=call.json, **extra) as response:
                     reader = self._body_reader(url, call, response, deadline)
                     await reader.aread(response.aiter_bytes())
             except httpx.RequestError as exc:
-                raise self._transport_error(url, call, exc) from exc
-        return protocol.read_response(
-            response.status_code, response.headers, reader.data, method=call.method, url=url + call.path
-        )
+                raise self._transport_error(url, call, exc, seconds) from exc
+        return self._value(url, call, response, reader)
 
     # ------------------------------------------------------------------------------------------ shared
-    def _decide(self, outcome: Any, replica: Replica, attempt: Attempt) -> Step:
-        replicas = 1 if self.pin is not None else len(self.pool.replicas)
+    def _allowed(self, call: Call) -> tuple[int, ...] | None:
+        return (self.pin,) if self.pin is not None else call.replicas
+
+    def time_left(self) -> float | None:
+        """Seconds until the call's deadline; None without one."""
+        return None if self.deadline_at is None else self.deadline_at - time.monotonic()
+
+    def _before_attempt(self, call: Call, attempt: Attempt) -> RemoteError | None:
+        """The error that stops ``call`` before its next attempt: the deadline has passed, or its only replica
+        is set aside and the call asked not to wait for it (``skip_set_aside``)."""
+        left = self.time_left()
+        if left is not None and left <= 0:
+            return deadline_error(self.settings.deadline, attempt.errors, self.pool.urls)
+        allowed = self._allowed(call)
+        if call.skip_set_aside and allowed is not None and len(allowed) == 1 and self.pool.set_aside(allowed[0]):
+            replica = self.pool.replicas[allowed[0]]
+            return ServerConnectionError(
+                f"{replica.url} is set aside after faults (last: {replica.last_error}); it is asked again once "
+                "its cooldown has passed"
+            )
+        return None
+
+    def _request_limits(self) -> tuple[float, dict[str, Any]]:
+        """Seconds the next request may take (``timeout``, cut to the deadline), and the per-request httpx
+        options that bound its wait for a pooled connection by the deadline too."""
+        left = self.time_left()
+        if left is None:
+            return self.settings.timeout, {}
+        import httpx
+
+        left = max(left, 0.001)
+        seconds = min(self.settings.timeout, left)
+        return seconds, {"timeout": httpx.Timeout(seconds, pool=left)}
+
+    def _value(self, url: str, call: Call, response: httpx.Response, reader: _http.BodyReader) -> Any:
+        """The response's JSON body, parsed by ``call.parse``; errors as the package's exceptions."""
+        body = protocol.read_response(
+            response.status_code, response.headers, reader.data, method=call.method, url=url + call.path
+        )
+        if call.parse is None:
+            return body
+        try:
+            return call.parse(body)
+        except InvalidResponseError as exc:
+            # The body is malformed: say which replica sent it (a list of replicas' errors names each).
+            raise type(exc)(f"{call.method} {url}{call.path}: {exc}") from None
+
+    def _decide(self, call: Call, outcome: Any, replica: Replica, attempt: Attempt) -> Step:
+        allowed = self._allowed(call)
+        replicas = len(allowed) if allowed is not None else len(self.pool.replicas)
+        max_retries = call.retries if call.retries is not None else self.settings.max_retries
         step = decide(
-            outcome, replica.index, attempt, replicas=replicas, max_retries=self.settings.max_retries,
-            backoff=self.settings.backoff, urls=self.pool.urls,
+            outcome, replica.index, attempt, replicas=replicas, max_retries=max_retries,
+            backoff=self.settings.backoff, urls=self.pool.urls, time_left=self.time_left(),
+            deadline=self.settings.deadline,
         )
         if step.action == "failover":
             logger.info("%s failed (%s); sending the request to another replica", replica.url, outcome)
         elif step.action == "retry":
-            logger.info("retrying after %s (attempt %d of %d)", outcome, attempt.retries + 1,
-                        self.settings.max_retries + 1)
+            logger.info("retrying after %s (attempt %d of %d)", outcome, attempt.retries + 1, max_retries + 1)
         return step
 
     def _body_reader(
@@ -540,7 +648,7 @@ class Driver:
         reader.check_declared(response.headers)
         return reader
 
-    def _transport_error(self, url: str, call: Call, exc: Exception) -> Exception:
+    def _transport_error(self, url: str, call: Call, exc: Exception, seconds: float) -> Exception:
         """The package's error for an httpx failure: transient (retried) unless the body could not be decoded."""
         import httpx
 
@@ -549,8 +657,8 @@ class Driver:
         if isinstance(exc, httpx.DecodingError):
             return InvalidResponseError(f"{where} answered with a body that could not be decompressed: {detail}")
         if isinstance(exc, httpx.TimeoutException):
-            return TransientError(ServerTimeoutError(
-                f"{where} timed out after {self.settings.timeout:g}s (timeout= bounds the whole request, from "
-                f"connecting to the answer's last byte; {detail})"
-            ))
+            bound = (f"timeout= bounds the whole request, from connecting to the answer's last byte"
+                     if seconds >= self.settings.timeout else
+                     f"cut to the {seconds:.3g}s left of deadline={self.settings.deadline:g}s")
+            return TransientError(ServerTimeoutError(f"{where} timed out after {seconds:.3g}s ({bound}; {detail})"))
         return TransientError(ServerConnectionError(f"could not reach the vLLM server: {where} failed: {detail}"))
