@@ -12,11 +12,18 @@ import zlib
 
 import pytest
 
-from qwen3_rerank_integrations import BadRequestError, ServerConnectionError, ServerError, VLLMScorer
-from qwen3_rerank_integrations.vllm.protocol import TransientError
-from qwen3_rerank_integrations.vllm.transport import Attempt, ReplicaPool, backoff_wait, decide
+from qwen3_rerank_integrations import (
+    BadRequestError,
+    InvalidResponseError,
+    ServerConnectionError,
+    ServerError,
+    ServerTimeoutError,
+    VLLMScorer,
+)
 from qwen3_rerank_integrations.vllm import ServerCheck
 from qwen3_rerank_integrations.vllm.check import CANARY_RELEVANT
+from qwen3_rerank_integrations.vllm.protocol import TransientError
+from qwen3_rerank_integrations.vllm.transport import Attempt, ReplicaPool, backoff_wait, decide
 from tests.vllm_standin import VLLMStandIn
 
 QUERY = "What is the capital of China?"
@@ -112,6 +119,18 @@ def test_a_list_of_urls_is_validated_and_each_error_names_its_index(monkeypatch)
     assert shared.basic_auth.get_secret_value() == "u:pw-one"
 
 
+@pytest.mark.parametrize("urls", [["http://alice:pw-alice@a:8000", "http://b:8000"],
+                                  ["http://a:8000", "http://b:8000", "http://alice:pw-alice@c:8000"]])
+def test_one_replicas_credentials_never_go_to_another(urls, monkeypatch):
+    """Before: accepted, and replica b received alice's Basic header."""
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    with pytest.raises(ValueError) as caught:
+        VLLMScorer(urls)
+    message = str(caught.value) + repr(caught.value)
+    assert "has user:password@ but" in message and "has none" in message and "basic_auth=" in message
+    assert "pw-alice" not in message and "alice" not in message
+
+
 async def test_cache_identity_names_the_replicas_in_any_order(fleet):
     forward = scorer_for(fleet[:2])
     backward = scorer_for(fleet[1::-1])
@@ -151,6 +170,33 @@ async def test_replicas_of_one_model_score_as_one_server(vllm_legacy_server, mod
         assert scorer.score(QUERY, documents) == expected
         assert await scorer.ascore(QUERY, documents) == expected
     assert all(len(s.scoring_requests()) > 0 for s in [vllm_legacy_server, *model_replicas])
+
+
+# ------------------------------------------------------------------------------------------------ context
+async def test_documents_are_cut_to_the_smallest_context_of_the_replicas(
+    reference_model, vllm_standin_tokenizer, tiny_model_dir
+):
+    """Before: base_url[0]'s context decided every cut, so scores depended on which replica was first and the
+    replica with the smaller context refused documents cut to the larger."""
+    from qwen3_rerank_integrations import LocalScorer
+
+    servers = [VLLMStandIn("legacy", model=reference_model[0], tokenizer=vllm_standin_tokenizer, max_model_len=n)
+               for n in (4096, 300)]
+    long_doc = "Beijing is the capital of China and an old, large city. " * 120  # ~1,500 tokens
+    docs = [long_doc, "short", long_doc + " again"] * 2
+    try:
+        expected = LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32", max_length=300).score(QUERY, docs)
+        with scorer_for(servers, max_length=None, batch_size=1) as scorer:
+            assert scorer.score(QUERY, docs) == pytest.approx(expected, abs=1e-5)
+            assert await scorer.ascore(QUERY, docs) == pytest.approx(expected, abs=1e-5)
+            assert scorer.cache_identity()["context"] == 300
+        for server in servers:
+            assert server.scoring_requests(), "both replicas scored"
+            assert max(len(ids) for batch in server.scored_ids for ids in batch) == 300
+            assert [r.path for r in server.requests].count("/v1/models") == 1  # asked once, of each
+    finally:
+        for server in servers:
+            server.close()
 
 
 # ------------------------------------------------------------------------------------------------ failures
@@ -268,6 +314,54 @@ async def test_a_replica_answering_500_is_set_aside_and_its_chunks_go_elsewhere(
     with scorer_for(fleet[:2]) as scorer, pytest.raises(ServerError, match="no replica could answer") as caught:
         scorer.score(QUERY, DOCS[:3])
     assert caught.value.status_code == 500 and counts(fleet[:2]) == [broken + 1, 13]  # each once, never retried
+
+
+@pytest.mark.parametrize("kind", ["non_json", "missing_index", "nan_score"])
+async def test_a_replica_answering_malformed_200s_is_set_aside_like_a_failing_one(fleet, kind):
+    """Before: every call that touched it failed with InvalidResponseError, and it was never set aside."""
+    fleet[0].inject(kind, times=100)
+    with scorer_for(fleet[:2], batch_size=10, replica_cooldown=5.0) as scorer:
+        assert scorer.score(QUERY, DOCS) == EXPECTED
+        assert await scorer.ascore(QUERY, DOCS) == EXPECTED
+        replica = scorer._state.connections.pool.replicas[0]
+        assert replica.failures == 1 and isinstance(replica.last_error, InvalidResponseError)
+    broken, healthy = counts(fleet[:2])
+    assert 1 <= broken <= 3 and healthy == 12  # set aside after its first wave, as a 500 would be
+
+
+async def test_when_every_replica_answers_malformed_200s_the_error_names_each(fleet):
+    for server in fleet[:2]:
+        server.inject("non_json", times=100)
+    with scorer_for(fleet[:2]) as scorer, pytest.raises(InvalidResponseError) as caught:
+        scorer.score(QUERY, DOCS[:3])
+    message = str(caught.value)
+    assert "no replica could answer" in message and "not JSON" in message
+    assert f"base_url[0] {fleet[0].base_url}" in message and f"base_url[1] {fleet[1].base_url}" in message
+    assert counts(fleet[:2]) == [1, 1]  # each once, never retried
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+async def test_a_deadline_bounds_the_whole_call_over_trickling_replicas(fleet, run):
+    """Before: three trickling replicas held a call for timeout x attempts x replicas (12 minutes by default)."""
+    for server in fleet:
+        server.inject("trickle", delay=0.2, times=100)
+    with scorer_for(fleet, deadline=1.5, max_retries=3) as scorer:
+        started = time.monotonic()
+        with pytest.raises(ServerTimeoutError) as caught:
+            if run == "sync":
+                scorer.score(QUERY, DOCS[:3])
+            else:
+                await scorer.ascore(QUERY, DOCS[:3])
+        elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed < 2.5, elapsed
+    message = str(caught.value)
+    assert "deadline=1.5s" in message and "base_url[0]" in message, message
+
+
+def test_a_deadline_leaves_room_for_failover_and_retries_that_fit(fleet):
+    fleet[0].inject("status", status=503, times=100)
+    with scorer_for(fleet[:2], deadline=30, batch_size=10) as scorer:
+        assert scorer.score(QUERY, DOCS) == EXPECTED  # the other replica answers within the deadline
 
 
 def test_a_request_error_is_not_sent_to_another_replica(fleet):
@@ -389,6 +483,21 @@ def test_decide_fails_over_then_retries_then_raises():
     crash, attempt = ServerError("boom", status_code=500), Attempt()
     assert decide(crash, 0, attempt, **options).action == "failover"
     assert decide(crash, 1, attempt, **options).action == "raise" and attempt.retries == 0  # 500s: no retry
+
+
+def test_decide_stops_at_the_deadline_rather_than_wait_past_it():
+    options = {"replicas": 2, "max_retries": 3, "backoff": 0.5, "urls": ["http://a", "http://b"], "rand": lambda: 0,
+               "deadline": 10.0}
+    attempt = Attempt()
+    assert decide(transient(), 0, attempt, **options, time_left=5.0).action == "failover"
+    step = decide(transient(retry_after=8.0), 1, attempt, **options, time_left=4.0)  # the wait would pass it
+    assert step.action == "raise" and isinstance(step.error, ServerTimeoutError)
+    assert "deadline=10s" in str(step.error) and "base_url[0] http://a: down; base_url[1] http://b: down" in str(step.error)
+    step = decide(ServerError("boom", status_code=500), 0, Attempt(), **options, time_left=0.0)
+    assert step.action == "raise" and isinstance(step.error, ServerTimeoutError)  # no time left to fail over
+    assert decide({"ok": 1}, 0, Attempt(), **options, time_left=-1.0).value == {"ok": 1}  # an answer is an answer
+    malformed = InvalidResponseError("not JSON")
+    assert decide(malformed, 0, Attempt(), **{**options, "deadline": None}).action == "failover"
 
 
 def test_one_replica_retries_with_backoff_and_raises_its_own_error():

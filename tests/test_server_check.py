@@ -96,3 +96,52 @@ def test_a_missing_template_names_the_packages_template(vllm_legacy_server):
         result = scorer.check()
     (warning,) = result.warnings
     assert "renders no reranker template" in warning and FIX_COMMAND in warning
+
+
+# ------------------------------------------------------------------------------------------------ precision
+def test_the_serving_dtype_is_unknown_unless_the_server_tells(vllm_legacy_server):
+    vllm_legacy_server.score_override = _answers_the_canary
+    with scorer_for(vllm_legacy_server) as scorer:
+        result = scorer.check()
+    assert result.ok and result.dtype is None
+    assert "dtype: unknown (vLLM shows it only at /server_info, in its development mode)" in result.summary()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+async def test_a_development_mode_server_tells_its_dtype(vllm_legacy_server, dtype):
+    vllm_legacy_server.score_override = _answers_the_canary
+    vllm_legacy_server.dev_mode_dtype = dtype
+    async with scorer_for(vllm_legacy_server) as scorer:
+        result = await scorer.acheck()
+    assert result.dtype == dtype and f"dtype: {dtype}" in result.summary()
+    assert any(r.path == "/server_info" for r in vllm_legacy_server.requests)
+
+
+def test_replicas_serving_different_dtypes_disagree(vllm_legacy_server, vllm_standin_tokenizer):
+    from tests.vllm_standin import VLLMStandIn
+
+    other = VLLMStandIn("legacy", tokenizer=vllm_standin_tokenizer, score_override=_answers_the_canary)
+    try:
+        vllm_legacy_server.score_override = _answers_the_canary
+        vllm_legacy_server.dev_mode_dtype, other.dev_mode_dtype = "float32", "float16"
+        with VLLMScorer([vllm_legacy_server.base_url, other.base_url], backoff=0.001) as scorer:
+            result = scorer.check()
+        assert not result.ok and any("disagree on the serving dtype" in w for w in result.warnings), result.warnings
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "dtype"),
+    [
+        ({"vllm_config": {"model_config": {"dtype": "torch.float16"}}}, "float16"),
+        ({"vllm_config": "model='m', speculative_config=None, dtype=torch.bfloat16, max_seq_len=2048"}, "bfloat16"),
+        ({"vllm_config": {"model_config": {"dtype": "<script>alert(1)</script>"}}}, None),
+        ({"detail": "Not Found"}, None),
+        (None, None),
+    ],
+)
+def test_serving_dtype_reads_both_forms_and_nothing_else(body, dtype):
+    from qwen3_rerank_integrations._vllm_check import serving_dtype
+
+    assert serving_dtype(body) == dtype

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 
@@ -118,6 +119,24 @@ async def test_timeouts_are_retried_then_raised(vllm_legacy_server, clean_scores
             await scorer.ascore(QUERY, DOCS)
 
 
+@pytest.mark.parametrize("run", ["sync", "async"])
+async def test_a_deadline_ends_the_call_retries_included(vllm_legacy_server, run):
+    vllm_legacy_server.inject("delay", delay=1.0, times=10)  # every attempt is slow, none past its timeout
+    async with fast(vllm_legacy_server, timeout=5, max_retries=3, deadline=1.6) as scorer:
+        started = time.monotonic()
+        with pytest.raises(ServerTimeoutError, match=r"deadline=1.6s") as caught:
+            scorer.score(QUERY, DOCS) if run == "sync" else await scorer.ascore(QUERY, DOCS)
+        elapsed = time.monotonic() - started
+    # Without the deadline: 4 attempts of 1 s and the waits between them.
+    assert elapsed < 2.2 and "cut to the" in str(caught.value.__cause__), (elapsed, caught.value)
+
+
+def test_the_deadline_is_per_call(vllm_legacy_server, clean_scores):
+    with fast(vllm_legacy_server, deadline=5) as scorer:
+        for _ in range(3):
+            assert scorer.score(QUERY, DOCS) == pytest.approx(clean_scores, abs=1e-6)
+
+
 async def test_a_refused_connection_raises_after_retries(closed_port):
     scorer = VLLMScorer(f"http://127.0.0.1:{closed_port}", backoff=0.001, max_retries=2)
     with pytest.raises(ServerConnectionError, match="could not reach"):
@@ -148,6 +167,20 @@ def test_an_unknown_model_is_named(vllm_template_server):
         RouteNotFoundError, match="Qwen3-Reranker-8B` does not exist"
     ):
         scorer.score(QUERY, DOCS)
+
+
+@pytest.mark.parametrize("template", ["auto", None])
+async def test_an_unknown_model_fails_first_with_a_clear_error_and_no_misleading_log(server, template, caplog):
+    """Before: "reports no max_model_len; long documents will not be cut" was logged, then the 404 came."""
+    options = {"template": template} if template else {}
+    caplog.set_level(logging.DEBUG, logger="qwen3_rerank_integrations")
+    async with fast(server, model="Qwen/Qwen3-Reranker-8B", max_length=None, **options) as scorer:
+        with pytest.raises(RouteNotFoundError) as caught:
+            await scorer.ascore(QUERY, DOCS)
+    message = str(caught.value)
+    assert "model='Qwen/Qwen3-Reranker-8B' is not served by" in message and server.served_model_name in message
+    assert caught.value.status_code == 404 and "max_model_len" not in caplog.text
+    assert server.scoring_requests() == []
 
 
 def test_an_over_long_prompt_the_server_rejects_is_a_bad_request(vllm_legacy_server):

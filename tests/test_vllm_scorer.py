@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import subprocess
@@ -274,3 +275,33 @@ def test_importing_vllmscorer_imports_neither_torch_nor_httpx():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------ transport=
+async def test_an_httpx_mock_transport_serves_score_and_ascore():
+    import httpx
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        body = json.loads(request.content)
+        if request.url.path == "/tokenize":  # the survey: a server without the reranker template renders nothing
+            return httpx.Response(200, json={"count": 0, "max_model_len": 4096, "tokens": []})
+        results = [{"index": i, "relevance_score": 0.5 + i / 10} for i in range(len(body["documents"]))]
+        return httpx.Response(200, json={"results": results[::-1]})
+
+    scorer = VLLMScorer("http://vllm.test", transport=httpx.MockTransport(handler), max_length=4096)
+    assert scorer.score(QUERY, ["a", "b"]) == [0.5, 0.6]
+    assert await scorer.ascore(QUERY, ["a", "b", "c"]) == [0.5, 0.6, 0.7]
+    assert seen == ["/tokenize", "/v1/rerank", "/v1/rerank"]  # surveyed once, sync and async alike
+    assert "transport" not in repr(scorer) and "transport" not in scorer.model_dump()
+    await scorer.aclose()
+
+
+async def test_a_sync_only_transport_is_refused_by_ascore_with_a_clear_error():
+    import httpx
+
+    scorer = VLLMScorer("http://vllm.test", transport=httpx.HTTPTransport(), max_length=4096)
+    with pytest.raises(TypeError, match="transport= must be an httpx.AsyncBaseTransport for ascore"):
+        await scorer.ascore(QUERY, ["a"])

@@ -79,6 +79,31 @@ def test_a_template_server_is_confirmed_by_one_scored_canary_pair(vllm_template_
     scored = vllm_template_server.scoring_requests()
     assert len(scored) == 3 and len(scored[0].json["documents"]) == 1  # the probe, then the two calls
     assert scored[0].json["instruction"] != DEFAULT_INSTRUCTION
+    # The rendering, then the official ids (two instructions, one document side) side by side with the probe.
+    assert [r.path for r in vllm_template_server.requests].count("/tokenize") == 4
+
+
+def test_parallel_plans_share_rounds():
+    from qwen3_rerank_integrations._vllm_protocol import Call
+    from qwen3_rerank_integrations._vllm_transport import parallel
+
+    def plan(name: str, rounds: int):
+        got = []
+        for r in range(rounds):
+            (answer,) = yield [Call("GET", f"/{name}/{r}")]
+            got.append(answer)
+        return got
+
+    def nothing():
+        return "none"
+        yield
+
+    combined = parallel(plan("a", 2), nothing(), plan("b", 1))
+    assert [c.path for c in next(combined)] == ["/a/0", "/b/0"]
+    assert [c.path for c in combined.send(["a0", "b0"])] == ["/a/1"]
+    with pytest.raises(StopIteration) as done:
+        combined.send(["a1"])
+    assert done.value.value == [["a0", "a1"], "none", ["b0"]]
 
 
 # ------------------------------------------------------------------------------------------------ contradictions

@@ -30,11 +30,11 @@ from ..errors import (
     ServerError,
     ServerTimeoutError,
 )
-from ..prompt import DEFAULT_INSTRUCTION, escape_control_tokens
+from ..prompt import DEFAULT_INSTRUCTION, document_side, escape_control_tokens, query_side
 from . import protocol
 from .fitting import Fitting, context_from_models, token_ids
 from .protocol import Call
-from .transport import Plan, final_error
+from .transport import Plan, final_error, parallel
 
 __all__ = [
     "ServerCheck", "Checker", "CheckState", "Survey", "SurveyCache", "Fleet", "combine", "CANARY_QUERY",
@@ -717,22 +717,29 @@ class Survey:
             body["model"] = self.settings.model
         return Call("POST", protocol.TOKENIZE_PATH, body, tolerate=(RemoteError,), parse=token_ids, **pin)
 
-    def official_plan(self, instruction: str) -> Plan[list[int]]:
-        """The official token ids of the canary pair under ``instruction`` (asked once per scorer)."""
-        if instruction not in self.cache.official:
-            (ids,) = yield from self.fitting.official_ids_plan(CANARY_QUERY, [CANARY_RELEVANT], instruction)
-            self.cache.official[instruction] = ids
-        return self.cache.official[instruction]
+    def official_plan(self) -> Plan[None]:
+        """The official token ids of the canary pair under the default and the probe's instruction, in one round
+        (once per scorer; the survey compares renderings and counts with them)."""
+        cache = self.cache.official
+        if DEFAULT_INSTRUCTION in cache and _PROBE_INSTRUCTION in cache:
+            return
+        instructions = [DEFAULT_INSTRUCTION, _PROBE_INSTRUCTION]
+        ids = yield from self.fitting.tokenize_plan(
+            [query_side(CANARY_QUERY, i) for i in instructions] + [document_side(CANARY_RELEVANT)]
+        )
+        for instruction, query_ids in zip(instructions, ids):
+            cache[instruction] = query_ids + ids[-1]
 
     def modes_plan(
         self, rendered: dict[int, list[int] | RemoteError], options: dict[str, Any]
     ) -> Plan[dict[int, tuple[Mode, bool, str] | RemoteError]]:
         """Each replica's template mode, (mode, honours instruction, evidence), from its rendering of the
-        canary messages, and where that cannot tell, from the prompt-token count of a scored canary pair."""
+        canary messages, and where that cannot tell, from the prompt-token count of a scored canary pair.
+        The official ids and the probes that ``auto`` needs whatever they show go out in one round."""
         setting = self.settings.template
         verdicts: dict[int, tuple[Mode, bool, str] | RemoteError] = {}
-        probe: dict[int, str] = {}  # replica -> what its rendering showed
-        official: list[int] | None = None
+        rendering: dict[int, str] = {}  # replica -> what its rendering showed, where the probe must decide
+        compare: dict[int, list[int]] = {}  # replica -> the ids it rendered, to compare with the official ones
         for i, ids in rendered.items():
             if isinstance(ids, RemoteError):
                 if isinstance(ids, AuthenticationError):
@@ -740,21 +747,28 @@ class Survey:
                 self._raise_unserved_model(ids)
                 if isinstance(ids, RouteNotFoundError):  # no /tokenize at all (a proxy, an old server)
                     if setting == "auto":
-                        probe[i] = "no /tokenize"
+                        rendering[i] = "no /tokenize"
                     else:
                         verdicts[i] = (setting, True, f"taken from template='{setting}': no /tokenize to verify")
                 else:  # 400/422: it cannot render chat messages, so it has no chat template to render
                     verdicts[i] = ("client", True, f"its /tokenize renders no chat template ({ids.server_message})")
-                continue
-            if not ids:
+            elif not ids:
                 verdicts[i] = ("client", True, "its /tokenize renders the query/document messages to nothing")
-                continue
-            if official is None:
-                official = yield from self.official_plan(DEFAULT_INSTRUCTION)
+            else:
+                compare[i] = ids
+        # auto probes every replica whose rendering is not empty, whatever it shows (it confirms the template
+        # and finds whether `instruction` is honoured); an explicit setting only where the rendering is unclear.
+        early = list(rendering) + (list(compare) if setting == "auto" else [])
+        found: dict[int, Any] = {}
+        if compare or early:
+            _, found = yield from parallel(
+                self.official_plan() if compare else _nothing(), self.probe_plan(early, options)
+            )
+        for i, ids in compare.items():
+            official = self.cache.official[DEFAULT_INSTRUCTION]
             if ids == official:
-                if setting == "auto":
-                    probe[i] = "official"
-                else:
+                rendering[i] = "official"
+                if setting != "auto":
                     verdicts[i] = ("server", True, "its /tokenize renders the official prompt from raw text")
             elif ids[:-1] == official[:-1] and official[-1:] == [_DOUBLE_NEWLINE_ID] and ids[-1:] == [_NEWLINE_ID]:
                 raise RerankError(
@@ -764,23 +778,24 @@ class Survey:
                     "template= says. Fix: " + _TEMPLATE_FIX + "."
                 )
             else:
-                probe[i] = "another prompt"
-        if probe:
-            compare = any(rendering != "no /tokenize" for rendering in probe.values())
-            found = yield from self.probe_plan(list(probe), options, compare=compare)
-            for i, tokens in found.items():
-                verdicts[i] = tokens if isinstance(tokens, RemoteError) else self._judge_probe(i, tokens, probe[i])
+                rendering[i] = "another prompt"
+        late = [i for i in rendering if i not in verdicts and i not in found]
+        if late:
+            found.update((yield from self.probe_plan(late, options)))
+        for i, kind in rendering.items():
+            if i not in verdicts:
+                tokens = found[i]
+                verdicts[i] = tokens if isinstance(tokens, RemoteError) else self._judge_probe(i, tokens, kind)
         for i, verdict in verdicts.items():
             if not isinstance(verdict, RemoteError) and setting != "auto" and verdict[0] != setting:
                 raise RerankError(self._contradiction(i, verdict))
         return verdicts
 
-    def probe_plan(self, indices: list[int], options: dict[str, Any], *, compare: bool) -> Plan[dict[int, Any]]:
-        """Prompt tokens the replicas count for the canary pair sent as raw text with a non-default instruction
-        (None: the server reports no usage); with ``compare``, also learns the official counts to compare with."""
-        if compare:
-            yield from self.official_plan(DEFAULT_INSTRUCTION)
-            yield from self.official_plan(_PROBE_INSTRUCTION)
+    def probe_plan(self, indices: list[int], options: dict[str, Any]) -> Plan[dict[int, Any]]:
+        """Prompt tokens each of replicas ``indices`` counts for the canary pair sent as raw text with a
+        non-default instruction (None: the server reports no usage), or its error."""
+        if not indices:
+            return {}
         call = protocol.scoring_call(CANARY_QUERY, [CANARY_RELEVANT], _PROBE_INSTRUCTION, template="server",
                                      route=self.settings.route, model=self.settings.model)
         parse = call.parse
@@ -840,6 +855,12 @@ class Survey:
                 "scored without the prompt. Use template='client', or template='auto' (the default), which finds "
                 "this out; or " + _TEMPLATE_FIX.split(", or use", 1)[0] + ".")
 
+
+
+def _nothing() -> Plan[None]:
+    """A plan with no requests."""
+    return None
+    yield  # a generator  # pragma: no cover
 
 
 def combine(reports: list[ServerCheck], urls: Sequence[str]) -> ServerCheck:

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Plan", "Driver", "Connections", "ReplicaPool", "Attempt", "Step", "decide", "backoff_wait", "deadline_error",
-    "is_replica_fault",
+    "is_replica_fault", "parallel",
 ]
 
 logger = logging.getLogger("qwen3_rerank_integrations.vllm")
@@ -88,6 +88,35 @@ class Settings(Protocol):
     def base_urls(self) -> list[str]: ...
 
     def _register_secrets(self) -> None: ...
+
+
+def parallel(*plans: Plan[Any]) -> Plan[list[Any]]:
+    """Run ``plans`` side by side: each round sends the calls of every plan still running, so together they
+    take the rounds of the longest, not the sum. Their values, in order. A round's error ends them all."""
+    values: list[Any] = [None] * len(plans)
+    pending: dict[int, list[Call]] = {}
+    try:
+        for i, plan in enumerate(plans):
+            try:
+                pending[i] = next(plan)
+            except StopIteration as done:
+                values[i] = done.value
+        while pending:
+            order = list(pending)
+            answers = yield [call for i in order for call in pending[i]]
+            start = 0
+            for i in order:
+                count = len(pending[i])
+                try:
+                    pending[i] = plans[i].send(answers[start : start + count])
+                except StopIteration as done:
+                    values[i] = done.value
+                    del pending[i]
+                start += count
+    finally:
+        for plan in plans:
+            plan.close()
+    return values
 
 
 # ================================================================================================ decisions
