@@ -64,11 +64,21 @@ async def test_the_default_gives_official_scores_on_both_server_kinds(request, m
     assert len(rendered(server)) == 1
 
 
-def test_a_legacy_server_costs_one_tokenize_and_no_scoring(vllm_legacy_server):
+def test_a_legacy_server_costs_one_round_and_no_scoring(vllm_legacy_server):
     with scorer_for(vllm_legacy_server, max_length=4096) as scorer:
         scorer.score(QUERY, ["Beijing.", "Gravity."])
     paths = [r.path for r in vllm_legacy_server.requests]
-    assert paths == ["/tokenize", "/v1/rerank"], paths
+    assert sorted(paths[:2]) == ["/tokenize", "/v1/embeddings"] and paths[2:] == ["/v1/rerank"], paths
+
+
+@pytest.mark.parametrize("template", ["auto", "client", "server"])
+def test_a_server_in_embed_mode_is_refused_before_scoring(vllm_legacy_server, template):
+    """Before: its cosine similarities came back as scores (~0.8 each) unless one fell outside [0, 1]."""
+    vllm_legacy_server.embed_mode = True
+    with scorer_for(vllm_legacy_server, template=template) as scorer, pytest.raises(RerankError) as caught:
+        scorer.score(QUERY, ["Beijing.", "Gravity."])
+    assert "embed mode" in str(caught.value) and "--runner pooling" in str(caught.value)
+    assert vllm_legacy_server.scoring_requests() == []
 
 
 def test_a_template_server_is_confirmed_by_one_scored_canary_pair(vllm_template_server):

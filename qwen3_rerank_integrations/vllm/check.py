@@ -403,7 +403,7 @@ class Checker:
             # A fresh survey: check() looks again rather than trusting what score() learned earlier.
             survey = Survey(self.settings, self.fitting, SurveyCache())  # type: ignore[arg-type]
             try:
-                (found,) = (yield from survey.replicas_plan([self.index], need_context=False)).values()
+                (found,) = (yield from survey.replicas_plan([self.index], need_context=False, embed=False)).values()
             except RemoteError:
                 raise
             except RerankError as exc:  # a template that neither mode scores right
@@ -474,13 +474,23 @@ class Checker:
 
     def embed_mode_plan(self) -> Plan[bool]:
         """Whether the server answers ``POST /v1/embeddings`` with embeddings (a reranker answers 404)."""
-        body: dict[str, Any] = {"input": CANARY_QUERY}
-        if self.settings.model is not None:
-            body["model"] = self.settings.model
-        (answer,) = yield [Call("POST", _EMBEDDINGS_PATH, body, tolerate=(RemoteError,))]
-        data = answer.get("data") if isinstance(answer, dict) else None
-        first = data[0] if isinstance(data, list) and data else None
-        return isinstance(first, dict) and isinstance(first.get("embedding"), list)
+        (answer,) = yield [embeddings_call(self.settings.model)]
+        return is_embeddings(answer)
+
+
+def embeddings_call(model: str | None) -> Call:
+    """``POST /v1/embeddings`` of the canary query: only a server that pools embeddings answers it."""
+    body: dict[str, Any] = {"input": CANARY_QUERY}
+    if model is not None:
+        body["model"] = model
+    return Call("POST", _EMBEDDINGS_PATH, body, tolerate=(RemoteError,))
+
+
+def is_embeddings(answer: Any) -> bool:
+    """Whether ``answer`` is an embeddings answer (a list of vectors)."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    first = data[0] if isinstance(data, list) and data else None
+    return isinstance(first, dict) and isinstance(first.get("embedding"), list)
 
 
 
@@ -549,7 +559,8 @@ class Survey:
     on one with it. Where that alone cannot tell (no ``/tokenize``, another rendering, or ``template="auto"``
     meeting the template, to make sure its score path uses it and honours ``instruction``), one short canary
     pair is scored as raw text and its prompt-token count decides: at most the raw texts' UTF-8 bytes means no
-    template; the official prompt's count means the template. See :meth:`VLLMScorer.score`.
+    template; the official prompt's count means the template. A server in embed mode (it answers
+    ``/v1/embeddings``) is refused whatever the setting. See :meth:`VLLMScorer.score`.
     """
 
     __slots__ = ("settings", "fitting", "cache")
@@ -627,10 +638,11 @@ class Survey:
 
     # ------------------------------------------------------------------------------------------ replicas
     def replicas_plan(
-        self, indices: list[int], need_context: bool, *, retries: int | None = None
+        self, indices: list[int], need_context: bool, *, retries: int | None = None, embed: bool = True
     ) -> Plan[dict[int, ReplicaFacts | RemoteError]]:
-        """Survey replicas ``indices`` side by side (each request pinned to its replica): their context (when
-        ``need_context``) and their template mode. A replica that fails is handed back as its error."""
+        """Survey replicas ``indices`` side by side (each request pinned to its replica): embed mode (unless
+        ``embed`` is False), their context (when ``need_context``) and their template mode. A replica that fails
+        is handed back as its error; one in embed mode raises."""
         options: dict[str, Any] = {"retries": retries, "skip_set_aside": retries == 0}
         facts = {i: replace(self.cache.replicas.get(i) or ReplicaFacts()) for i in indices}
         calls: list[Call] = []
@@ -643,12 +655,18 @@ class Survey:
             if facts[i].mode is None:
                 calls.append(self._render_call(CANARY_QUERY, CANARY_RELEVANT, DEFAULT_INSTRUCTION, pin))
                 asked.append((i, "render"))
+                if embed:  # an embedding server's /rerank returns cosines, which no template mode makes right
+                    calls.append(replace(embeddings_call(self.settings.model), **pin))
+                    asked.append((i, "embed"))
         answers = yield calls
         failed: dict[int, RemoteError] = {}
         rendered: dict[int, list[int] | RemoteError] = {}
         fallback: list[int] = []
         for (i, what), answer in zip(asked, answers):
-            if isinstance(answer, _REPLICA_FAULTS):
+            if what == "embed":
+                if is_embeddings(answer):
+                    raise RerankError(f"{self.settings.base_urls[i]}: {_EMBED_MODE_PROBLEM}")
+            elif isinstance(answer, _REPLICA_FAULTS):
                 failed.setdefault(i, answer)
             elif what == "models":
                 context = self._context_from(answer, i)
