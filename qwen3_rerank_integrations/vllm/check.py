@@ -684,6 +684,8 @@ class Survey:
                 if isinstance(answer, _REPLICA_FAULTS):
                     failed.setdefault(i, answer)
                     continue
+                if isinstance(answer, AuthenticationError):
+                    raise answer
                 self._raise_unserved_model(answer)
                 value = answer.get("max_model_len") if isinstance(answer, dict) else None
                 facts[i].context, facts[i].context_known = protocol.positive_int(value), True
