@@ -261,9 +261,13 @@ class TestServerWithVLLMsPublishedTemplate:
     def test_check_finds_the_lost_newline_by_token_ids(self, real_vllm_published, local_scorer):
         with VLLMScorer(real_vllm_published.base_url, template="server") as scorer:
             result = scorer.check(min_gap=-1)
-            # The misconfiguration matters: scores move far beyond the 1e-5 the package promises.
-            assert max_diff(scorer.score(QUERY, ["Beijing.", "Gravity."]),
-                            local_scorer.score(QUERY, ["Beijing.", "Gravity."])) > 1e-3
+        # The misconfiguration matters: the scores it serves move far beyond the 1e-5 the package promises
+        # (asked directly: VLLMScorer refuses to score here).
+        docs = ["Beijing.", "Gravity."]
+        answer = httpx.post(f"{real_vllm_published.base_url}/v1/rerank",
+                            json={"query": QUERY, "documents": docs, "top_n": 2}, timeout=60).json()
+        served = [r["relevance_score"] for r in sorted(answer["results"], key=lambda r: r["index"])]
+        assert max_diff(served, local_scorer.score(QUERY, docs)) > 1e-3
         assert not result.ok and result.prompt_ids_match is False
         assert result.prompt_tokens == result.expected_prompt_tokens  # what a count-only check saw: "fine"
         (warning,) = result.warnings
