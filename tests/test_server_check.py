@@ -142,6 +142,6 @@ def test_replicas_serving_different_dtypes_disagree(vllm_legacy_server, vllm_sta
     ],
 )
 def test_serving_dtype_reads_both_forms_and_nothing_else(body, dtype):
-    from qwen3_rerank_integrations._vllm_check import serving_dtype
+    from qwen3_rerank_integrations.vllm.check import serving_dtype
 
     assert serving_dtype(body) == dtype

@@ -207,7 +207,8 @@ def test_a_rejected_key_raises_without_the_key(vllm_legacy_server, caplog):
         scorer.score(QUERY, ["a"])
     assert caught.value.status_code == 401 and "rejected the API key" in str(caught.value)
     assert "sk-wrong-key-456" not in str(caught.value) + repr(caught.value) + caplog.text
-    assert len(vllm_legacy_server.scoring_requests()) == 1  # a 401 is not retried
+    # The first /v1 request is refused (the survey's /v1/models), and a 401 is not retried.
+    assert [r.path for r in vllm_legacy_server.requests].count("/v1/models") == 1
 
 
 def test_the_api_key_falls_back_to_the_environment(vllm_legacy_server, monkeypatch):
@@ -288,13 +289,16 @@ async def test_an_httpx_mock_transport_serves_score_and_ascore():
         body = json.loads(request.content)
         if request.url.path == "/tokenize":  # the survey: a server without the reranker template renders nothing
             return httpx.Response(200, json={"count": 0, "max_model_len": 4096, "tokens": []})
+        if request.url.path != "/v1/rerank":  # the survey's /v1/embeddings: a reranker has no such route
+            return httpx.Response(404, json={"detail": "Not Found"})
         results = [{"index": i, "relevance_score": 0.5 + i / 10} for i in range(len(body["documents"]))]
         return httpx.Response(200, json={"results": results[::-1]})
 
     scorer = VLLMScorer("http://vllm.test", transport=httpx.MockTransport(handler), max_length=4096)
     assert scorer.score(QUERY, ["a", "b"]) == [0.5, 0.6]
     assert await scorer.ascore(QUERY, ["a", "b", "c"]) == [0.5, 0.6, 0.7]
-    assert seen == ["/tokenize", "/v1/rerank", "/v1/rerank"]  # surveyed once, sync and async alike
+    assert sorted(seen[:2]) == ["/tokenize", "/v1/embeddings"]  # surveyed once, sync and async alike
+    assert seen[2:] == ["/v1/rerank", "/v1/rerank"]
     assert "transport" not in repr(scorer) and "transport" not in scorer.model_dump()
     await scorer.aclose()
 

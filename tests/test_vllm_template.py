@@ -94,8 +94,8 @@ def test_a_template_server_is_confirmed_by_one_scored_canary_pair(vllm_template_
 
 
 def test_parallel_plans_share_rounds():
-    from qwen3_rerank_integrations._vllm_protocol import Call
-    from qwen3_rerank_integrations._vllm_transport import parallel
+    from qwen3_rerank_integrations.vllm.protocol import Call
+    from qwen3_rerank_integrations.vllm.transport import parallel
 
     def plan(name: str, rounds: int):
         got = []
