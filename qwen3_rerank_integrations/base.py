@@ -12,6 +12,12 @@ only how it scores texts: ``_score_texts(query, documents, instruction)`` and, i
 5. the backend's answer is checked: one finite probability in [0, 1] per document, or a
    :class:`~qwen3_rerank_integrations.RerankError` (a lost or out-of-range score would silently mis-rank).
 
+Settings and loaded state follow one rule (:class:`~qwen3_rerank_integrations._loaded_state.LoadedStateModel`):
+the fields are settings, validated on assignment and in ``model_copy(update=...)``; what a backend builds from
+them (a model, clients, learned limits) lives in private attributes, dropped when a setting it depends on
+changes (assigned, copied with ``update=``, or a list/dict changed in place), and never copied or pickled. A
+changed setting therefore takes effect on the next call, and ``cache_identity()`` always describes what scores.
+
 A backend that builds the official prompt as token ids uses
 :class:`~qwen3_rerank_integrations.prompt.PromptEncoder` (which escapes control tokens in retrieved text); one
 that sends text uses :func:`~qwen3_rerank_integrations.prompt.format_prompt` or the query/document sides.
@@ -25,11 +31,12 @@ import asyncio
 import math
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
+from ._loaded_state import LoadedStateModel
 from .cache import InMemoryScoreCache, ScoreCache, acached_scores, cached_scores
 from .errors import RerankError
 from .prompt import DEFAULT_INSTRUCTION
@@ -66,7 +73,7 @@ def checked_scores(scorer: object, scores: object, count: int) -> list[float]:
     return checked
 
 
-class ScorerBase(BaseModel):
+class ScorerBase(LoadedStateModel):
     """The public half of every backend: :meth:`score`/:meth:`ascore` with their checks, the ``instruction``
     default and the opt-in score ``cache``. Subclasses implement :meth:`_score_texts` (and may override
     :meth:`_ascore_texts`), plus :meth:`cache_identity` to allow ``cache=``.
@@ -81,6 +88,9 @@ class ScorerBase(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Read by every call: changing them keeps the loaded model (a subclass adds its own such settings).
+    _per_call_settings: ClassVar[frozenset[str]] = frozenset({"instruction", "cache"})
 
     instruction: str | None = Field(
         None, description="Default task instruction; None means the model card's web-search instruction."
@@ -141,6 +151,7 @@ class ScorerBase(BaseModel):
                 and its subclasses); :func:`~qwen3_rerank_integrations.rerank` wraps anything else in a RerankError.
         """
         docs = validate_inputs(query, documents, instruction)
+        self._notice_changed_containers()
         if not docs:
             return []
         used = self._instruction_for(instruction)
@@ -158,6 +169,7 @@ class ScorerBase(BaseModel):
     ) -> list[float]:
         """Async twin of :meth:`score`; never blocks the event loop (a sync-only backend runs on a worker thread)."""
         docs = validate_inputs(query, documents, instruction)
+        self._notice_changed_containers()
         if not docs:
             return []
         used = self._instruction_for(instruction)

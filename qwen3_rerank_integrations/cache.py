@@ -20,6 +20,9 @@ Stores: :class:`InMemoryScoreCache` (a thread-safe LRU, the default), :class:`Di
 persistent and shared between processes), :class:`ByteStoreScoreCache` (any LangChain ``ByteStore``). Every
 store keeps hit/miss counts (:attr:`ScoreCache.stats`).
 
+Copies and pickles (see :class:`ScoreCache`): an in-memory cache carries its entries, a disk cache its folder
+(reopened on first use), a ByteStore cache its store.
+
 The logic is written once, as a *plan* (a generator that asks for the identity, cache reads, scores and cache
 writes), driven by :func:`cached_scores` and its async twin :func:`acached_scores`; a scorer with a cache of
 its own calls those two directly, as every :class:`~qwen3_rerank_integrations.ScorerBase` backend does for its
@@ -40,10 +43,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field, model_validator
 
+from ._loaded_state import LoadedStateModel
 from ._model_identity import (  # noqa: F401  (public here too: the cache module documents them)
     folder_fingerprint,
     model_identity,
@@ -142,12 +146,24 @@ class CacheStats(BaseModel):
         return self.hits / total if total else 0.0
 
 
-class ScoreCache(BaseModel, ABC):
+class ScoreCache(LoadedStateModel, ABC):
     """A store of scores by key, with hit/miss counts. Subclass it for another store: implement
     ``_get_many``, ``_set_many`` and ``_clear`` (and the async ``_aget_many``/``_aset_many`` if the store has
-    native async I/O; by default they run the sync ones on a worker thread)."""
+    native async I/O; by default they run the sync ones on a worker thread).
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    Copies and pickles hold the settings and the data, never a lock or an open handle: ``copy.copy``,
+    ``model_copy`` and ``copy.deepcopy`` give an independent cache (an in-memory one with a copy of the entries
+    and counts, a disk one on the same folder with its own connection); ``pickle`` does the same, so a scorer
+    shipped to another process (multiprocessing, Ray) takes a snapshot of its in-memory cache along (what it
+    learns there stays there; share scores between processes with a ``DiskScoreCache`` or a ``ByteStore``).
+    Changing a setting (``directory``, ``size_limit``) closes the open handle; the next call opens the new one.
+    A subclass's private attributes are loaded state by default (rebuilt on copy); name data to carry in
+    ``_carried_private``.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+    _carried_private: ClassVar[frozenset[str]] = frozenset({"_hits", "_misses"})
 
     _counts_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _hits: int = PrivateAttr(0)
@@ -187,6 +203,10 @@ class ScoreCache(BaseModel, ABC):
         with self._counts_lock:
             return CacheStats(hits=self._hits, misses=self._misses)
 
+    def _carried_state(self) -> dict[str, Any]:
+        with self._counts_lock:
+            return super()._carried_state()
+
     def _counted(self, values: list[Any]) -> list[float | None]:
         # Anything but a finite float (a foreign or damaged entry) is a miss, never a score.
         checked = [v if type(v) is float and math.isfinite(v) else None for v in values]
@@ -221,8 +241,15 @@ class InMemoryScoreCache(ScoreCache):
 
     max_entries: int = Field(100_000, gt=0, description="Most scores kept (about 200 bytes each).")
 
+    _carried_private: ClassVar[frozenset[str]] = ScoreCache._carried_private | {"_entries"}
+
     _entries: OrderedDict[str, float] = PrivateAttr(default_factory=OrderedDict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def _carried_state(self) -> dict[str, Any]:
+        # The entries are data: a copy or a pickle takes a snapshot of them, in LRU order, never the dict itself.
+        with self._lock:
+            return {**super()._carried_state(), "_entries": OrderedDict(self._entries)}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -288,6 +315,11 @@ class DiskScoreCache(ScoreCache):
         """Close the database (it reopens on the next use)."""
         with self._lock:
             db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _release_state(self, old: Mapping[str, Any]) -> None:
+        db = old.get("_db")  # a changed directory or size_limit: the next call opens the new one
         if db is not None:
             db.close()
 
@@ -512,12 +544,17 @@ async def acached_scores(
 
 
 # ============================================================================================== the wrapper
-class CachedScorer(BaseModel):
+class CachedScorer(LoadedStateModel):
     """A scorer that remembers: any :class:`~qwen3_rerank_integrations.Scorer` plus a :class:`ScoreCache`.
 
     Each call looks its pairs up, scores only the missing documents in one inner call, and returns every score
     in input order, equal to the inner scorer's. Use it wherever a scorer goes (the LangChain and LlamaIndex
     adapters take ``scorer=``). Two threads that miss the same pair at once both score it (same value).
+
+    It holds no loaded state of its own: its fields (validated on assignment and in ``model_copy(update=...)``)
+    are read by every call. A shallow copy (``model_copy()``) shares the inner scorer and the cache, as the
+    fields they are; ``copy.deepcopy`` and ``pickle`` copy both (the inner scorer without its loaded model or
+    clients, see :class:`~qwen3_rerank_integrations.ScorerBase`; the cache as :class:`ScoreCache` says).
 
     Example:
         >>> scorer = CachedScorer(scorer=LocalScorer("Qwen/Qwen3-Reranker-0.6B"))   # in-memory LRU
@@ -526,7 +563,7 @@ class CachedScorer(BaseModel):
         CacheStats(hits=0, misses=2, hit_rate=0.0)
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
 
     scorer: Any = Field(description="The scorer whose scores are cached (LocalScorer, VLLMScorer, any Scorer).")
     cache: ScoreCache = Field(

@@ -18,6 +18,7 @@ import inspect
 import logging
 import math
 import threading
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -50,7 +51,10 @@ class VLLMEngineScorer(ScorerBase):
 
     Same contract as :class:`~qwen3_rerank_integrations.LocalScorer`: P("yes") per document in input order,
     equal to the official method's. The engine starts lazily on the first non-empty :meth:`score` (or with
-    :meth:`load`); an empty document list never starts it. :meth:`close` (or ``with``) frees it. :meth:`score`
+    :meth:`load`); an empty document list never starts it. :meth:`close` (or ``with``) frees it. Changing a
+    setting (assigned, or ``model_copy(update=...)``) stops the engine and the next call starts one for the new
+    settings, except a ``max_length`` the running engine holds, which only changes the cut; a copy or an
+    unpickled scorer starts its own engine on first use. :meth:`score`
     raises ``ModelLoadError`` when vLLM is missing or the engine cannot start, ``RerankError`` when the engine
     fails while scoring; :meth:`ascore` runs on a worker thread (concurrent calls take turns on the engine).
 
@@ -128,13 +132,7 @@ class VLLMEngineScorer(ScorerBase):
     def _score_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
         with self._lock:
             tokens = self._ensure_encoder().encode(query, documents, instruction)
-            llm = self._ensure_engine()
-            if self._max_model_len is not None and self.max_length > self._max_model_len:
-                raise ValueError(
-                    f"max_length={self.max_length} exceeds the running engine's max_model_len={self._max_model_len}; "
-                    "lower max_length or make a new scorer"
-                )
-            return _classify(llm, tokens.ids)
+            return _classify(self._ensure_engine(), tokens.ids)
 
     def load(self) -> VLLMEngineScorer:
         """Load the tokenizer and start the engine now (otherwise the first :meth:`score` does). Returns ``self``."""
@@ -152,16 +150,19 @@ class VLLMEngineScorer(ScorerBase):
         """Stop the engine and free its memory (a later :meth:`score` starts it again)."""
         with self._lock:
             llm, self._llm, self._max_model_len = self._llm, None, None
-        if llm is None:
-            return
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        shutdown = getattr(core, "shutdown", None)
-        if callable(shutdown):  # vLLM's V1 engine core runs in its own process
-            shutdown()
-        del llm
-        import gc
+        _shutdown(llm)
 
-        gc.collect()
+    # A changed setting (ScorerBase): the engine is stopped and started again for the new settings on the next
+    # call, except for a max_length the running engine holds: the cut is the client's (PromptEncoder), so only
+    # the encoder is rebuilt and a notebook user tuning max_length does not pay an engine start each time.
+    def _settings_changed(self, names: frozenset[str]) -> None:
+        if names == {"max_length"} and self._llm is not None and self.max_length <= (self._max_model_len or 0):
+            self._encoder = self._tokenizer_host = None
+            return
+        super()._settings_changed(names)
+
+    def _release_state(self, old: Mapping[str, Any]) -> None:
+        _shutdown(old.get("_llm"))
 
     def __enter__(self) -> VLLMEngineScorer:
         return self
@@ -179,7 +180,7 @@ class VLLMEngineScorer(ScorerBase):
         return self._tokenizer_host
 
     def _ensure_encoder(self) -> PromptEncoder:
-        if self._encoder is None or self._encoder.max_length != self.max_length:
+        if self._encoder is None:
             tokenizer = self._host()._ensure_encoder().tokenizer
             self._encoder = PromptEncoder(tokenizer, self.max_length)
         return self._encoder
@@ -250,6 +251,20 @@ class VLLMEngineScorer(ScorerBase):
             # quantization, kv_cache_dtype and the like change scores; what JSON cannot hold is keyed by its repr
             "engine_kwargs": json.loads(json.dumps(self.engine_kwargs, sort_keys=True, default=repr)),
         }
+
+
+def _shutdown(llm: Any) -> None:
+    """Stop a vLLM engine (None: nothing) and free its memory."""
+    if llm is None:
+        return
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    shutdown = getattr(core, "shutdown", None)
+    if callable(shutdown):  # vLLM's V1 engine core runs in its own process
+        shutdown()
+    del llm
+    import gc
+
+    gc.collect()
 
 
 def _pooling_mode(vllm: Any) -> dict[str, str]:

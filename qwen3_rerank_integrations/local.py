@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
@@ -56,7 +56,10 @@ class LocalScorer(ScorerBase):
     """Scores (query, document) pairs with a Qwen3-Reranker loaded in this process.
 
     The model loads lazily on the first non-empty :meth:`score` (or eagerly with :meth:`load`), so building
-    a pipeline is cheap and an empty document list never touches the weights. :meth:`score` raises
+    a pipeline is cheap and an empty document list never touches the weights. Changing a setting that decides
+    the scores (``model``, ``max_length``, ``dtype``, ``device``...: assigned, or in ``model_copy(update=...)``)
+    drops the loaded model and tokenizer, so the next call loads them for the new settings; a copy or an
+    unpickled scorer loads its own on first use. :meth:`score` raises
     ``ModelLoadError`` when the model cannot be loaded; :meth:`ascore` runs on a worker thread (concurrent calls
     take turns on the model). ``cache=True`` keeps scores in an in-memory LRU (see ``ScorerBase.cache``).
 
@@ -67,6 +70,11 @@ class LocalScorer(ScorerBase):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Read by every call. Any other setting, once changed, drops the loaded tokenizer and model (see ScorerBase).
+    _per_call_settings: ClassVar[frozenset[str]] = ScorerBase._per_call_settings | {
+        "max_batch_tokens", "batch_size", "show_progress_bar"
+    }
 
     model: str = Field(
         DEFAULT_MODEL,

@@ -216,9 +216,13 @@ def test_prompts_are_the_official_token_ids_with_the_official_cut(fake_vllm, tin
     scorer.score(QUERY, documents)
     short = official_input_ids(tokenizer, [format_instruction(None, QUERY, d) for d in documents], 120)
     assert FakeLLM.created[0].prompts[len(documents):] == short
-    scorer.max_length = 4096
-    with pytest.raises(ValueError, match="exceeds the running engine's max_model_len=2048"):
-        scorer.score(QUERY, documents)
+    assert len(FakeLLM.created) == 1  # a cut the running engine holds does not restart it
+    scorer.max_length = 4096  # more than it holds: the next call starts an engine that does
+    scorer.score(QUERY, documents)
+    assert len(FakeLLM.created) == 2 and FakeLLM.created[1].kwargs["max_model_len"] == 4096
+    assert FakeLLM.created[1].prompts == official_input_ids(
+        tokenizer, [format_instruction(None, QUERY, d) for d in documents], 4096
+    )
 
 
 def test_the_instruction_falls_back_to_the_scorers_then_the_default(fake_vllm, tiny_model_dir, reference_model):

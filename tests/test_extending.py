@@ -12,7 +12,7 @@ import asyncio
 import math
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import PrivateAttr, ValidationError
@@ -113,6 +113,8 @@ class Recording(ScorerBase):
     """Answers ``answer`` (or a score from the text's length); records what it was called with, and where."""
 
     answer: Any = None
+    # A private attribute is loaded state, dropped when a setting changes; this record is data to keep.
+    _carried_private: ClassVar[frozenset[str]] = frozenset({"_calls"})
     _calls: list[tuple[str, list[str], str, int]] = PrivateAttr(default_factory=list)
 
     def _score_texts(self, query: str, documents: list[str], instruction: str) -> Any:

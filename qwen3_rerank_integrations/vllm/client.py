@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -48,6 +48,11 @@ from .launch import API_KEY_ENV
 from .transport import Connections, Driver, Plan
 
 __all__ = ["VLLMScorer"]
+
+
+def _has_credentials(base_url: object) -> bool:
+    urls = base_url if isinstance(base_url, (list, tuple)) else [base_url]
+    return any(isinstance(url, str) and protocol.split_credentials(url.strip())[1] is not None for url in urls)
 
 
 def _api_key_from_env() -> SecretStr | None:
@@ -285,6 +290,26 @@ class VLLMScorer(ScorerBase):
             )
         self._register_secrets()
         return self
+
+    # ----------------------------------------------------------------------------------------- copies and pickles
+    # ScorerBase's rule: a changed setting (but instruction, cache) drops _state (clients, replica pool, learned
+    # context), so the next call connects and learns again; a copy or an unpickled scorer gets a fresh _state.
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> VLLMScorer:
+        """A copy with its own HTTP clients and learned state. ``update`` is validated, and a ``base_url`` in it
+        is taken as the constructor takes it: its ``user:password@`` moves to ``basic_auth`` (replacing the
+        copied one), so no repr, dump or error shows it."""
+        if update and "base_url" in update and "basic_auth" not in update and _has_credentials(update["base_url"]):
+            update = {**update, "basic_auth": None}
+        return super().model_copy(update=update, deep=deep)
+
+    @classmethod
+    def _rebuild(cls, data: dict[str, Any]) -> VLLMScorer:
+        fields = dict(data)
+        return cls(fields.pop("base_url"), **fields)  # through __init__: credentials in the URL are moved
+
+    def _restored(self) -> None:
+        super()._restored()
+        self._register_secrets()  # unpickled in another process: mask the secrets there too
 
     # ----------------------------------------------------------------------------------------- public API
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
