@@ -22,7 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import RerankError
 
-__all__ = ["folder_fingerprint", "model_identity", "model_revision", "public_url"]
+__all__ = ["LOCAL_FOLDER", "folder_fingerprint", "model_identity", "model_revision", "public_url"]
+
+# The "model" of a local folder's identity: its content fingerprint (the revision) identifies it, not its path.
+LOCAL_FOLDER = "local folder"
 
 
 def public_url(url: str) -> str:
@@ -87,19 +90,21 @@ def model_revision(
 def model_identity(
     weights: object | None, locate: Callable[[], str], revision: str | None = None, cache_dir: str | None = None
 ) -> dict[str, Any]:
-    """``{"model": absolute folder or hub id, "revision": model_revision(...)}`` of a scorer that loads weights.
+    """``{"model": hub id or LOCAL_FOLDER, "revision": model_revision(...)}`` of a scorer that loads weights.
 
-    ``weights`` is the scorer's loaded model (None before loading) and ``locate`` its own resolution of the
-    model (a local folder, or a hub id). Once weights are loaded, the first identity resolved after loading
-    stays with that weights object, so replacing the files later never relabels the scores of the weights
-    still in memory.
+    A local folder is identified by its content alone (the ``"sha256:..."`` revision of
+    :func:`folder_fingerprint`), never by its path: a byte-identical copy of a folder, elsewhere or on another
+    machine, hits the same cache entries. ``weights`` is the scorer's loaded model (None before loading) and
+    ``locate`` its own resolution of the model (a local folder, or a hub id). Once weights are loaded, the first
+    identity resolved after loading stays with that weights object, so replacing the files later never relabels
+    the scores of the weights still in memory.
     """
 
     def resolve() -> dict[str, Any]:
         location = locate()
         local = os.path.isdir(location)
         return {
-            "model": os.path.abspath(location) if local else location,
+            "model": LOCAL_FOLDER if local else location,
             "revision": model_revision(location, revision, cache_dir, required=weights is not None),
         }
 
@@ -123,7 +128,8 @@ def folder_fingerprint(folder: str | os.PathLike[str]) -> str:
     checkpoint changes those blocks; a change confined to a few rows between them would go unseen: after such
     an edit, clear the cache or give :class:`CachedScorer` an explicit ``identity``. Paths and dates are not
     hashed, so a copied folder keeps its cache; the result is kept per file size, date and inode, so an
-    unchanged folder is hashed once per process.
+    unchanged folder is hashed once per process. Two folders whose only difference falls between the
+    sampled blocks (a few rows edited by hand) share a fingerprint, and so their cache entries.
     """
     folder = os.path.abspath(folder)
     names = sorted(

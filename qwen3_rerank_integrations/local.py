@@ -429,8 +429,8 @@ class LocalScorer(ScorerBase):
     # ----------------------------------------------------------------------------------------- score cache
     def cache_identity(self) -> dict[str, Any]:
         """What decides this scorer's scores, for score-cache keys (:mod:`~qwen3_rerank_integrations.cache`):
-        the model (absolute folder or hub id) and its exact revision (a local folder's content fingerprint, or
-        the hub snapshot's commit), the dtype and device kind it computes in, and ``max_length``. Once the
+        the model (a hub id, or for a local folder only its content fingerprint, so a byte-identical copy of
+        the folder shares the cache) and its exact revision (the hub snapshot's commit), the dtype and device kind it computes in, and ``max_length``. Once the
         model is loaded, the revision it was loaded at stays, even if its files are replaced later.
         """
         from ._model_identity import model_identity

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -170,15 +169,16 @@ def test_key_format_and_package_version_are_in_the_key(monkeypatch):
 def test_local_scorer_identity_parts(tiny_model_dir, tmp_path):
     base = LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32")
     identity = base.cache_identity()
-    assert identity["model"] == os.path.abspath(tiny_model_dir)
+    assert identity["model"] == "local folder"  # a folder is its content, not its path
     assert identity["revision"] == "sha256:" + folder_fingerprint(tiny_model_dir)
     assert (identity["dtype"], identity["device"], identity["max_length"]) == ("float32", "cpu", 8192)
     assert base.cache_identity() == identity  # stable
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
+    # A byte-identical copy of the folder, elsewhere: the same identity, so the same cache entries.
+    assert LocalScorer(str(copy), device="cpu", dtype="float32").cache_identity() == identity
     variants = {
-        "model path": LocalScorer(str(copy), device="cpu", dtype="float32"),
         "dtype": LocalScorer(str(tiny_model_dir), device="cpu", dtype="bfloat16"),
         "max_length": LocalScorer(str(tiny_model_dir), device="cpu", dtype="float32", max_length=512),
     }
@@ -188,8 +188,6 @@ def test_local_scorer_identity_parts(tiny_model_dir, tmp_path):
         other = scorer.cache_identity()
         assert other != identity, name
         _assert_all_miss(cache, other, DEFAULT_INSTRUCTION, QUERY, ["doc"])
-    # Same content, other path: the revision (content fingerprint) is equal, the key is not.
-    assert variants["model path"].cache_identity()["revision"] == identity["revision"]
 
 
 def test_folder_fingerprint_changes_with_config_weights_and_tokenizer(tiny_model_dir, tmp_path):
@@ -227,15 +225,15 @@ def test_engine_scorer_identity_parts(tiny_model_dir, tmp_path):
     base = VLLMEngineScorer(str(tiny_model_dir), max_length=512, engine_kwargs={"enforce_eager": True})
     identity = base.cache_identity()  # never starts an engine or imports vllm
     assert not base.loaded
-    assert identity["backend"] == "vllm-engine" and identity["model"] == os.path.abspath(tiny_model_dir)
+    assert identity["backend"] == "vllm-engine" and identity["model"] == "local folder"
     assert identity["revision"] == "sha256:" + folder_fingerprint(tiny_model_dir)
     assert identity["dtype"] == "auto" and identity["max_length"] == 512
     assert identity["engine_kwargs"] == {"enforce_eager": True}
     assert identity != LocalScorer(str(tiny_model_dir), max_length=512).cache_identity()
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
+    assert VLLMEngineScorer(str(copy), max_length=512, engine_kwargs={"enforce_eager": True}).cache_identity() == identity
     variants = {
-        "model": VLLMEngineScorer(str(copy), max_length=512, engine_kwargs={"enforce_eager": True}),
         "dtype": VLLMEngineScorer(str(tiny_model_dir), dtype="float32", max_length=512,
                                   engine_kwargs={"enforce_eager": True}),
         "max_length": VLLMEngineScorer(str(tiny_model_dir), max_length=1024, engine_kwargs={"enforce_eager": True}),
@@ -718,7 +716,8 @@ def test_cache_field_never_returns_another_configurations_score(kind, tiny_model
     base.score(QUERY, [doc])
     same = _backend(kind, folder, cache=store)
     assert same.score(QUERY, [doc]) == base.score(QUERY, [doc]) and len(calls) == 1  # unchanged: a hit
-    fresh(_backend(kind, copy, cache=store))                                 # model (same files elsewhere)
+    elsewhere = _backend(kind, copy, cache=store).score(QUERY, [doc])      # the same files elsewhere: a hit
+    assert elsewhere == base.score(QUERY, [doc]) and len(calls) == 1
     fresh(_backend(kind, folder, max_length=1024, cache=store))              # max_length
     fresh(_backend(kind, folder, dtype="bfloat16", cache=store))             # dtype
     fresh(_backend(kind, folder, instruction="Find the statute", cache=store))  # the scorer's instruction
@@ -728,7 +727,7 @@ def test_cache_field_never_returns_another_configurations_score(kind, tiny_model
     config = folder / "config.json"
     config.write_text(config.read_text() + "\n")                             # revision: the folder's content
     fresh(_backend(kind, folder, cache=store))
-    assert store.stats.hits == 2  # the unchanged scorer's two lookups only
+    assert store.stats.hits == 4  # the unchanged scorer's and the copied folder's lookups only
 
 
 def test_cache_field_and_cached_scorer_share_entries(tiny_model_dir, monkeypatch):
