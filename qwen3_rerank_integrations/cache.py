@@ -20,6 +20,10 @@ Stores: :class:`InMemoryScoreCache` (a thread-safe LRU, the default), :class:`Di
 persistent and shared between processes), :class:`ByteStoreScoreCache` (any LangChain ``ByteStore``). Every
 store keeps hit/miss counts (:attr:`ScoreCache.stats`).
 
+A hit is checked as a fresh score is: an entry that is not a float in [0, 1] (a ``ByteStore`` shared with other
+code, a folder written by another version, a damaged entry) is a *miss*: the pair is scored again and the entry
+overwritten, with a warning. So a cache can cost a rescoring, never a wrong score.
+
 Copies and pickles (see :class:`ScoreCache`): an in-memory cache carries its entries, a disk cache its folder
 (reopened on first use), a ByteStore cache its store.
 
@@ -151,6 +155,9 @@ class ScoreCache(LoadedStateModel, ABC):
     ``_get_many``, ``_set_many`` and ``_clear`` (and the async ``_aget_many``/``_aset_many`` if the store has
     native async I/O; by default they run the sync ones on a worker thread).
 
+    Anything a store reads back that is not a float in [0, 1] counts as a miss (that pair is rescored and
+    overwritten), exactly as an out-of-range fresh score is refused.
+
     Copies and pickles hold the settings and the data, never a lock or an open handle: ``copy.copy``,
     ``model_copy`` and ``copy.deepcopy`` give an independent cache (an in-memory one with a copy of the entries
     and counts, a disk one on the same folder with its own connection); ``pickle`` does the same, so a scorer
@@ -208,9 +215,16 @@ class ScoreCache(LoadedStateModel, ABC):
             return super()._carried_state()
 
     def _counted(self, values: list[Any]) -> list[float | None]:
-        # Anything but a finite float (a foreign or damaged entry) is a miss, never a score.
-        checked = [v if type(v) is float and math.isfinite(v) else None for v in values]
+        # Anything but a float in [0, 1] (a foreign, damaged or out-of-range entry) is a miss, never a score:
+        # the same check a fresh score gets (base.checked_scores). NaN fails the range test too.
+        checked = [v if type(v) is float and 0.0 <= v <= 1.0 else None for v in values]
         hits = sum(v is not None for v in checked)
+        invalid = sum(v is not None for v in values) - hits
+        if invalid:
+            logger.warning(
+                "%s: %d cached entries held no probability in [0, 1] (written by other code or damaged); "
+                "scoring those pairs again and overwriting them", type(self).__name__, invalid,
+            )
         with self._counts_lock:
             self._hits += hits
             self._misses += len(checked) - hits
@@ -549,7 +563,8 @@ class CachedScorer(LoadedStateModel):
 
     Each call looks its pairs up, scores only the missing documents in one inner call, and returns every score
     in input order, equal to the inner scorer's. Use it wherever a scorer goes (the LangChain and LlamaIndex
-    adapters take ``scorer=``). Two threads that miss the same pair at once both score it (same value).
+    adapters take ``scorer=``). Two threads that miss the same pair at once both score it (same value). A hit
+    that is not a probability in [0, 1] is a miss: rescored and overwritten.
 
     It holds no loaded state of its own: its fields (validated on assignment and in ``model_copy(update=...)``)
     are read by every call. A shallow copy (``model_copy()``) shares the inner scorer and the cache, as the
