@@ -78,6 +78,11 @@ class ScorerBase(LoadedStateModel):
     default and the opt-in score ``cache``. Subclasses implement :meth:`_score_texts` (and may override
     :meth:`_ascore_texts`), plus :meth:`cache_identity` to allow ``cache=``.
 
+    Fields are settings, validated on assignment and in ``model_copy(update=...)``; what a backend loads lives in
+    private attributes, dropped when a setting changes and left out of copies and pickles, so a changed setting
+    takes effect on the next call and a pickled scorer loads again where it lands (docs: "Settings, copies and
+    pickles").
+
     Example:
         >>> class Overlap(ScorerBase):
         ...     def _score_texts(self, query, documents, instruction):

@@ -46,6 +46,7 @@ RUN_BY = {
     "replicas": "tests/test_docs_backends.py",
     "engine": "tests/test_docs_backends.py",
     "evaluation": "tests/test_docs_backends.py",
+    "settings": "tests/test_state.py",
 }
 
 _FENCE = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)

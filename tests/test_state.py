@@ -322,3 +322,18 @@ def test_async_cached_scorer_after_the_inner_scorer_changed(tiny_model_dir):
     asyncio.run(cached.ascore(QUERY, DOCS))
     inner.max_length = 120
     assert asyncio.run(cached.ascore(QUERY, DOCS)) == _local(tiny_model_dir, max_length=120).score(QUERY, DOCS)
+
+
+# ------------------------------------------------------------------------------------------------ the docs page
+def test_the_settings_page_runs_and_prints_what_its_comments_say(tiny_model_dir, monkeypatch, capsys):
+    import qwen3_rerank_integrations
+    from tests.doc_blocks import ROOT, blocks_to_run, run_blocks
+
+    def stand_in(model=None, /, **options):  # the hub id of the page is the offline tiny model here
+        return LocalScorer(tiny_model_dir if model == "Qwen/Qwen3-Reranker-0.6B" else model, **options)
+
+    monkeypatch.setattr(qwen3_rerank_integrations, "LocalScorer", stand_in)
+    with run_blocks(blocks_to_run(ROOT / "docs/settings.md", "settings"), "docs_settings") as namespace:
+        assert namespace["short"] != _local(tiny_model_dir).score(QUERY, namespace["documents"])
+    assert capsys.readouterr().out == "True\n512 120\n"
+
