@@ -63,7 +63,7 @@ class LoadedStateModel(BaseModel):
         else:
             with self._state_guard():
                 # A list/dict changed in place and not yet noticed counts as its value as last validated.
-                seen = self._containers_seen or {}
+                seen = (self.__pydantic_private__ or {}).get("_containers_seen") or {}
                 before = seen[name] if name in seen else self.__dict__.get(name, _MISSING)
                 self._assign(name, value)
                 if not _same(before, self.__dict__.get(name, _MISSING)):
@@ -87,11 +87,21 @@ class LoadedStateModel(BaseModel):
         """Treat a list or dict setting changed in place (``scorer.headers["X"] = ...``,
         ``scorer.engine_kwargs["max_model_len"] = ...``), which neither validation nor ``__setattr__`` sees, as an
         assignment: validated again, its loaded state dropped. A scorer calls this at the start of each call."""
-        seen = self._containers_seen
+        # On every call: read the private dict directly (pydantic's private-attribute lookup costs microseconds).
+        private = self.__pydantic_private__
+        seen = private.get("_containers_seen") if private is not None else None
         if seen is None:  # a subclass's model_post_init did not call ours
             self._containers_seen = _containers(self)
             return
         values = self.__dict__
+        try:
+            for name, value in seen.items():
+                if values.get(name, _MISSING) != value:
+                    break
+            else:
+                return  # the common case, on every call: nothing changed in place
+        except Exception:  # an element whose == fails: _same() below calls it changed
+            pass
         changed = frozenset(name for name, value in seen.items() if not _same(values.get(name, _MISSING), value))
         if not changed:
             return
