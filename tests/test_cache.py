@@ -227,14 +227,14 @@ def test_engine_scorer_identity_parts(tiny_model_dir, tmp_path):
     assert not base.loaded
     assert identity["backend"] == "vllm-engine" and identity["model"] == "local folder"
     assert identity["revision"] == "sha256:" + folder_fingerprint(tiny_model_dir)
-    assert identity["dtype"] == "auto" and identity["max_length"] == 512
+    assert identity["dtype"] == "float32" and identity["max_length"] == 512  # 'auto' as the engine resolves it on CPU
     assert identity["engine_kwargs"] == {"enforce_eager": True}
     assert identity != LocalScorer(str(tiny_model_dir), max_length=512).cache_identity()
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
     assert VLLMEngineScorer(str(copy), max_length=512, engine_kwargs={"enforce_eager": True}).cache_identity() == identity
     variants = {
-        "dtype": VLLMEngineScorer(str(tiny_model_dir), dtype="float32", max_length=512,
+        "dtype": VLLMEngineScorer(str(tiny_model_dir), dtype="bfloat16", max_length=512,
                                   engine_kwargs={"enforce_eager": True}),
         "max_length": VLLMEngineScorer(str(tiny_model_dir), max_length=1024, engine_kwargs={"enforce_eager": True}),
         "engine_kwargs": VLLMEngineScorer(str(tiny_model_dir), max_length=512,
