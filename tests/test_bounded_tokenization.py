@@ -284,7 +284,7 @@ def test_vllm_fitting_with_a_local_tokenizer_cuts_a_huge_document_officially_tok
         model, max_length, tokenizer, base_urls = None, 256, spy, ["http://unused"]
 
     huge = "Beijing is the capital of China, a city of 21 million people. " * 40_000
-    plan = Fitting(Settings(), FitCache()).fit_plan(QUERY, [huge, "short"], DEFAULT_INSTRUCTION)
+    plan = Fitting(Settings(), FitCache()).fit_plan(QUERY, [huge, "short"], DEFAULT_INSTRUCTION, Settings.max_length)
     with pytest.raises(StopIteration) as done:  # a local tokenizer and max_length: no request at all
         next(plan)
     fitted = done.value.value
