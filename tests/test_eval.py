@@ -167,6 +167,12 @@ GOOD_QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t2\nq2\td2\t1\n"
         (GOOD_CORPUS + '{"_id": "d3", "text": "broken \\ud800"}\n', GOOD_QUERIES, GOOD_QRELS, "corpus.jsonl line 3",
          ["lone surrogate U+D800"]),
         (GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\tscore\n", "qrels/test.tsv", ["no judgments"]),
+        # A headerless file's malformed first line is an error, not a header to drop (it was dropped, exit 0).
+        (GOOD_CORPUS, GOOD_QUERIES, "q1\td1\tX\nq2\td2\t1\n", "qrels/test.tsv line 1",
+         ["the score must be an integer, got 'X'", "a header line must name the columns"]),
+        (GOOD_CORPUS, GOOD_QUERIES, "q1 d1 X\n", "qrels/test.tsv line 1", ["must be an integer, got 'X'"]),
+        (GOOD_CORPUS, GOOD_QUERIES, "query corpus stuff\nq1\td1\t1\n", "qrels/test.tsv line 1",
+         ["must be an integer, got 'stuff'"]),
     ],
 )
 def test_bad_data_is_one_line_naming_file_and_line(tmp_path, corpus, queries, qrels, file, fragments):
@@ -184,6 +190,63 @@ def test_bad_data_is_one_line_naming_file_and_line(tmp_path, corpus, queries, qr
                                  str(tmp_path / "no-such-model")])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [f"Error: {message}"]
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "line"),
+    [
+        ("corpus.jsonl", GOOD_CORPUS.encode() + b'{"_id": "d3", "text": "caf\xe9"}\n', 3),
+        ("queries.jsonl", b'{"_id": "q1", "text": "what is alpha"}\n\n{"_id": "q2", "text": "\xff"}\n', 3),
+        ("qrels/test.tsv", b"query-id\tcorpus-id\tscore\nq1\td1\t2\r\nq2\td2\t1\x80\n", 3),
+    ],
+)
+def test_a_byte_that_is_not_utf8_is_named_by_file_and_line(tmp_path, file, content, line):
+    # It was "not UTF-8 text (invalid start byte at byte 62)": a byte offset nobody can find in an editor.
+    folder = make_beir(tmp_path / "data", GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
+    (folder / file).write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        load_beir(folder)
+    assert str(caught.value).startswith(f"{folder / file} line {line}: not UTF-8 text (byte 0x"), caught.value
+    result = runner.invoke(app, ["eval", str(folder), "-o", str(tmp_path / "out"), "--rerank-model", "x"])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [f"Error: {caught.value}"]
+
+
+def test_lines_end_at_newlines_only(tmp_path):
+    # U+2028 and U+0085 are allowed inside a JSON string: they neither cut a record nor shift the
+    # line numbers of the next ones (str.splitlines() did both).
+    corpus = '{"_id": "d1", "text": "a\u2028b\u0085c"}\n{"_id": "d2", "text": "beta"}\n{broken\n'
+    folder = make_beir(tmp_path / "data", None, GOOD_QUERIES, GOOD_QRELS)
+    (folder / "corpus.jsonl").write_text(corpus, encoding="utf-8")
+    with pytest.raises(DataError, match=r"corpus.jsonl line 3: not valid JSON"):
+        load_beir(folder)
+    (folder / "corpus.jsonl").write_text("\ufeff" + corpus.replace("{broken\n", ""), encoding="utf-8")
+    assert load_beir(folder).corpus == {"d1": "a\u2028b\u0085c", "d2": "beta"}
+
+
+@pytest.mark.parametrize("header", ["query-id\tcorpus-id\tscore", "query_id corpus_id relevance", "qid\tdocid\trel",
+                                    "Query-ID\tCorpus-ID\tScore"])
+def test_a_header_is_known_by_its_column_names(tmp_path, header):
+    folder = make_beir(tmp_path / "data", GOOD_CORPUS, GOOD_QUERIES, f"{header}\nq1\td1\t2\nq2\td2\t1\n")
+    assert load_beir(folder).qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}
+
+
+@pytest.mark.parametrize("where", ["file", "parent", "runs", "score-cache"])
+def test_an_output_path_that_is_not_a_folder_is_one_line_and_exit_2(tmp_path, where):
+    # It was exit 3 with a raw "[Errno 17] File exists", after the data had been read.
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder", encoding="utf-8")
+    output = {"file": blocker, "parent": blocker / "out"}.get(where, tmp_path / "out")
+    if where in ("runs", "score-cache"):
+        output.mkdir()
+        (output / where).write_text("not a folder", encoding="utf-8")
+    result = runner.invoke(app, ["eval", str(BEIR_MINI), "-o", str(output), "--rerank-model", "x"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --output: {output} "), lines
+    assert "is a file, not a folder" in lines[0]
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        EvalConfig(data=BEIR_MINI, output=output)
+    assert blocker.read_text(encoding="utf-8") == "not a folder"
 
 
 def test_good_data_loads_titles_and_numeric_ids(tmp_path):

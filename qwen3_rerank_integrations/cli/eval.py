@@ -150,7 +150,8 @@ def eval_command(
 
 
 EVAL_FLAGS = {"top_k": "--top-k", "instructions": "--instruction", "labels": "--label", "measures": "--measure",
-               "run_file": "--run", "embed_model": "--embed-model", "split": "--split", "data": "DATA"}
+               "run_file": "--run", "embed_model": "--embed-model", "split": "--split", "data": "DATA",
+              "output": "--output"}
 
 
 def _eval_config(**fields: Any) -> EvalConfig:

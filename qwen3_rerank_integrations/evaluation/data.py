@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,14 +96,24 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _lines(path: Path) -> Iterator[tuple[str, str]]:
-    """(``"FILE line N"``, line) for each non-blank line of a UTF-8 text file."""
+    r"""(``"FILE line N"``, line) for each non-blank line of a UTF-8 text file (a leading BOM is dropped).
+
+    Lines end at ``\n`` (and a ``\r`` before it) only: ``str.splitlines`` would also cut at U+2028, U+0085 or a
+    form feed, which JSON allows inside a string, and then number the lines differently from an editor."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    for number, line in enumerate(text.splitlines(), 1):
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        number = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path} line {number}: not UTF-8 text (byte 0x{raw[exc.start]:02x}: {exc.reason}); save it as UTF-8"
+        ) from None
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if line.strip():
             yield f"{path} line {number}", line
 
@@ -144,19 +155,33 @@ def _read_qrels(
 ) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     for index, (where, line) in enumerate(_lines(path)):
-        query_id, doc_id, grade = _columns(where, line, "query-id corpus-id score")
+        query_id, doc_id, grade = fields = _columns(where, line, "query-id corpus-id score")
+        if index == 0 and _is_qrels_header(fields):
+            continue
         try:
             relevance = int(grade)
         except ValueError:
-            if index == 0:  # BEIR's header line: query-id corpus-id score
-                continue
-            raise DataError(f"{where}: the score must be an integer, got {grade!r}") from None
+            hint = " (a header line must name the columns: query-id corpus-id score)" if index == 0 else ""
+            raise DataError(f"{where}: the score must be an integer, got {grade!r}{hint}") from None
         if query_id not in queries:
             raise DataError(f"{where}: query id {query_id!r} is not in {queries_name}")
         _put(where, qrels, query_id, doc_id, relevance, corpus, corpus_name)
     if not qrels:
         raise DataError(f"{path}: no judgments")
     return qrels
+
+
+# A qrels header names its columns (BEIR writes "query-id corpus-id score"); compared without case, '-', '_' or
+# spaces. Read by content, not by position: a headerless file's malformed first line is an error, never dropped.
+_QUERY_COLUMNS = {"queryid", "qid", "query"}
+_DOCUMENT_COLUMNS = {"corpusid", "docid", "documentid", "did", "docno", "passageid", "pid", "corpus", "doc",
+                     "document"}
+_GRADE_COLUMNS = {"score", "relevance", "rel", "label", "grade", "judgment", "judgement"}
+
+
+def _is_qrels_header(fields: list[str]) -> bool:
+    names = [re.sub(r"[-_\s]", "", field).lower() for field in fields]
+    return names[0] in _QUERY_COLUMNS and names[1] in _DOCUMENT_COLUMNS and names[2] in _GRADE_COLUMNS
 
 
 def _columns(where: str, line: str, names: str) -> list[str]:

@@ -90,6 +90,12 @@ class EvalConfig(BaseModel):
     device: str = Field("auto", description="Where the embedding model runs: 'auto', 'cuda:0', 'npu', 'cpu'...")
     embed_batch_size: int = Field(32, gt=0, description="Texts per batch of the embedding model.")
 
+    @field_validator("output")
+    @classmethod
+    def _output_folder(cls, value: Path) -> Path:
+        check_output_folder(value)
+        return value
+
     @field_validator("top_k")
     @classmethod
     def _depths(cls, value: list[int]) -> list[int]:
@@ -177,6 +183,22 @@ class EvalReport(BaseModel):
     def metrics(self) -> dict[str, dict[str, float]]:
         """``{system: {measure: value}}``, as in metrics.json."""
         return {system.name: system.metrics for system in self.systems}
+
+
+def check_output_folder(output: Path) -> None:
+    """``output`` is a folder or can become one: neither it, a folder above it, nor the ``runs`` or
+    ``score-cache`` folder inside it is a file.
+
+    Raises:
+        ValueError: naming the file in the way (otherwise mkdir would fail later with a bare ``[Errno 17]``).
+    """
+    path = output.expanduser()
+    for place in (*reversed(path.parents), path, path / "runs", path / "score-cache"):
+        if place.exists() and not place.is_dir():
+            if place == path:
+                raise ValueError(f"{path} is a file, not a folder; give a folder for the results (a new one, or "
+                                 "one an earlier run wrote, to resume)")
+            raise ValueError(f"{path} cannot be used: {place} is a file, not a folder")
 
 
 # ------------------------------------------------------------------------------------------------ first stage
@@ -335,6 +357,7 @@ def run_evaluation(
     measures = config.measure_names()
     systems = config.systems()
     depth = max(config.top_k)
+    check_output_folder(config.output)  # again: the folder may have changed since the config was made
     config.output.mkdir(parents=True, exist_ok=True)
 
     first, first_key = _first_stage(config, data, depth, progress, say)
