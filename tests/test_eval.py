@@ -397,7 +397,10 @@ def test_queries_missing_from_the_run_file_count_as_zero(tmp_path):
     notices: list[str] = []
     config = EvalConfig(data=BEIR_MINI, output=tmp_path / "out", run_file=first, top_k=[5])
     report = run_evaluation(config, HashScorer(), cache=False, log=notices.append)
-    assert any("no documents for 19 of 20 queries" in notice for notice in notices)
+    assert ("warning: the run file first.trec has documents for only 1 of the 20 queries the qrels judge; queries "
+            "without documents (19, e.g. 'q02') count as 0 in every system") in notices
+    assert "note: the run file lists queries the qrels do not judge (1, e.g. 'q99'); they are left out" in notices
+    assert "`first_stage`: run file first.trec (documents for 1 of the 20 queries), top 5" in report.table
     qrels = qrels_from_tsv(BEIR_MINI / "qrels" / "test.tsv")
     rr = ir_measures.calc_aggregate([ir_measures.parse_measure("RR@10")], qrels,
                                     ir_measures.read_trec_run(str(tmp_path / "out" / "runs" / "rerank.trec")))
@@ -508,18 +511,38 @@ def test_cli_prints_the_documented_sample_and_a_second_run_rescores_nothing(tmp_
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     out = tmp_path / "eval-out"
-    assert result.stdout == (out / "metrics.md").read_text("utf-8")
-    assert "scored 800 of 800 pairs" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text("utf-8"))
+    assert_terminal_table(result.stdout, metrics, notes=3)
+    # Nothing came from the cache, and the message says so (it said "..., the rest from the score cache").
+    assert result.stderr.strip().splitlines()[-1].endswith("; scored 800 of 800 pairs")
+    assert "score cache" not in result.stderr
     assert sorted(path.name for path in (out / "runs").iterdir()) == ["default.trec", "first_stage.trec", "qa.trec"]
-    assert list(json.loads((out / "metrics.json").read_text("utf-8"))) == ["first_stage", "default", "qa"]
+    assert list(metrics) == ["first_stage", "default", "qa"]
     page = (ROOT / "docs/evaluation.md").read_text("utf-8")
-    assert result.stdout in page, "docs/evaluation.md's sample table is not what this command prints"
+    assert (out / "metrics.md").read_text("utf-8") in page, "docs/evaluation.md's sample is not this run's metrics.md"
     written = output_files(out)
 
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "first stage: reusing" in result.stderr and "scored 0 of 800 pairs" in result.stderr
+    assert "first stage: reusing" in result.stderr
+    assert "the score cache holds 800 of 800 pairs from an earlier run; scoring the other 0" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "; scored 0 of 800 pairs; all came from the score cache")
     assert output_files(out) == written
+
+
+def assert_terminal_table(stdout: str, metrics: dict[str, dict[str, float]], notes: int) -> None:
+    """``stdout`` is a box-drawn terminal table, a row per system with its values to 4 decimals, then the notes
+    as plain lines: no markdown (``|---|``, ``**``, backticks), which a terminal shows as raw characters."""
+    assert "**" not in stdout and "|---|" not in stdout and "`" not in stdout, stdout
+    lines = stdout.splitlines()
+    header = next(line for line in lines if "system" in line)
+    assert header.split()[3::2] == list(next(iter(metrics.values()))), header  # ┃ system ┃ nDCG@10 ┃ ...
+    for system, values in metrics.items():
+        row = next(line for line in lines if line.split()[1:2] == [system])
+        assert row.split()[3::2] == [f"{value:.4f}" for value in values.values()], row
+    assert [line.startswith("- ") for line in lines[-notes:]] == [True] * notes  # one line each, never wrapped
+    assert not lines[-notes - 1].startswith("- ")
 
 
 KILLING_CLI = """
@@ -565,8 +588,10 @@ def test_a_run_killed_halfway_resumes_to_the_same_files_scoring_only_the_rest(tm
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "first stage: reusing" in resumed.stderr  # not embedded again
-    # 20 queries x 2 instructions x 5 documents; 15 calls of 5 were on disk before the kill.
-    assert "scored 125 of 200 pairs" in resumed.stderr, resumed.stderr
+    # 20 queries x 2 instructions x 5 documents; 15 calls of 5 were on disk before the kill, and the resumed run
+    # says so before it scores.
+    assert "the score cache holds 75 of 200 pairs from an earlier run; scoring the other 125" in resumed.stderr
+    assert "scored 125 of 200 pairs; 75 came from the score cache" in resumed.stderr, resumed.stderr
 
     fresh = tmp_path / "fresh"
     result = runner.invoke(app, cli_args(fresh, minilm_dir, tiny_model_dir))
@@ -607,6 +632,9 @@ def test_vllm_backend_reranks_with_the_servers_official_scores_and_caches_them(t
     assert result.exit_code == 0, result.output
     assert len(vllm_legacy_server.scoring_requests()) == 20  # one request per query
     assert "scored 60 of 60 pairs" in result.stderr
+    # The notes name the server (they said "VLLMScorer reranks ..."); no model was named, so the served one.
+    note = f"rerank: the model served at {vllm_legacy_server.base_url} reranks the top 3, default instruction"
+    assert note in result.stdout and f"`{note.replace(':', '`:', 1)}" in (out / "metrics.md").read_text("utf-8")
     data = load_beir(BEIR_MINI)
     reranked = by_query(trec_lines(out / "runs" / "rerank.trec"))
     for query_id in list(data.queries)[:4]:
@@ -621,6 +649,19 @@ def test_vllm_backend_reranks_with_the_servers_official_scores_and_caches_them(t
     assert result.exit_code == 0, result.output
     assert vllm_legacy_server.scoring_requests() == [] and "scored 0 of 60 pairs" in result.stderr
     assert output_files(out) == written
+
+
+def test_vllm_notes_name_the_model_and_the_server_without_credentials(tmp_path, vllm_legacy_server):
+    from qwen3_rerank_integrations import VLLMScorer
+
+    first = hashed_first_stage(tmp_path / "first.trec")
+    host = vllm_legacy_server.base_url.removeprefix("http://")
+    config = EvalConfig(data=BEIR_MINI, output=tmp_path / "out", run_file=first, top_k=[2])
+    with VLLMScorer(f"http://user:s3cret-pw@{host}", model="Qwen/Qwen3-Reranker-0.6B", template="client") as scorer:
+        report = run_evaluation(config, scorer, cache=False)
+    assert report.notes[1] == f"rerank: Qwen/Qwen3-Reranker-0.6B at http://{host} reranks the top 2, default instruction"
+    written = "".join(path.read_text("utf-8") for path in (tmp_path / "out").rglob("*.*") if path.suffix != ".png")
+    assert "s3cret-pw" not in written and "user" not in written
 
 
 # ------------------------------------------------------------------------------------------------ engine backend

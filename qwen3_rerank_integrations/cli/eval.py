@@ -9,9 +9,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from ..evaluation import DEFAULT_EMBED_MODEL, DEFAULT_TOP_K, EvalConfig, run_evaluation
+from ..evaluation import DEFAULT_EMBED_MODEL, DEFAULT_TOP_K, EvalConfig, EvalReport, run_evaluation
+from ..evaluation.needs import require_packages
 from .app import app, exit_on_error, fail
-from .backends import open_scorer
+from .backends import open_scorer, require_backend
+from .io import console
 from .options import (
     Backend,
     BaseUrlOption,
@@ -126,6 +128,9 @@ def eval_command(
         reject_other_backend_options(ctx, backend, local_only=_EVALLOCAL_ONLY)
         if backend is Backend.vllm and not base_url:
             raise ValueError("--backend vllm needs --base-url, e.g. --base-url http://localhost:8000")
+        # Every package these options need, before anything is read or loaded (not after the first stage).
+        require_backend(backend)
+        require_packages(dense_first_stage=run_file is None, cache=cache, needed_by="qwen3-rerank eval")
         options: dict[str, Any] = {"top_k": top_k, "labels": label, "measures": measure, "run_file": run_file,
                                    "embed_model": embed_model}
         if instruction:
@@ -144,9 +149,32 @@ def eval_command(
                 report = run_evaluation(config, scorer, cache=cache, progress=show_progress, log=log)
         except KeyboardInterrupt:
             fail("interrupted; the scores computed so far are kept: run the same command again to resume", 130)
-    typer.echo(report.table, nl=False)
+    _print_metrics(report)
     typer.echo(f"wrote {output}/metrics.json, metrics.md, metrics.png and runs/ ({len(report.systems)} systems); "
-               f"scored {report.pairs_scored} of {report.pairs} pairs, the rest from the score cache", err=True)
+               f"{report.scoring_summary()}", err=True)
+
+
+def _print_metrics(report: EvalReport) -> None:
+    """The metrics as a terminal table (metrics.md keeps the markdown): a row per system, the best of each
+    column in bold (when several systems), then the notes."""
+    import math
+
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    metrics = report.metrics()
+    columns = list(next(iter(metrics.values())))
+    table = Table(Column("system", no_wrap=True), *(Column(name, justify="right", no_wrap=True) for name in columns))
+    for system, values in metrics.items():
+        cells = []
+        for column, value in values.items():
+            best = len(metrics) > 1 and math.isclose(value, max(row[column] for row in metrics.values()))
+            cells.append(Text(f"{value:.4f}", style="bold" if best else ""))
+        table.add_row(Text(system), *cells)  # Text: a label or an instruction is never read as markup
+    out = console()
+    out.print(table)
+    for note in report.notes:  # one line each (the terminal wraps it), so it can be searched for when piped
+        out.print(Text(f"- {note}"), soft_wrap=True)
 
 
 EVAL_FLAGS = {"top_k": "--top-k", "instructions": "--instruction", "labels": "--label", "measures": "--measure",

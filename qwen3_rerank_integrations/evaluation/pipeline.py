@@ -28,9 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .._ranking import _scorer_errors
 from ..base import checked_scores
+from ..cache import ScoreCache, key_instruction, score_keys
 from ..errors import ModelLoadError
 from ..scorer import Scorer, validate_inputs
 from .data import BeirData, Run, load_beir, ranked, read_run, write_atomic, write_run
+from .needs import require_packages
 from .report import DEFAULT_MEASURES, compute_metrics, markdown_table, parse_measures, render_chart
 
 __all__ = [
@@ -174,15 +176,27 @@ class EvalReport(BaseModel):
     queries: int = Field(description="Queries evaluated (those the qrels judge).")
     systems: list[SystemResult] = Field(description="The first stage, then each reranked system.")
     pairs: int = Field(description="(instruction, query, document) scores the reranked systems need.")
-    pairs_scored: int = Field(
-        description="Of those, scored by this call (a text repeated in one query's candidates is scored once); the "
-        "rest came from the score cache."
-    )
+    pairs_scored: int = Field(description="Of those, scored by this run (a text repeated in one query's candidates "
+                              "is scored once).")
+    pairs_cached: int = Field(0, description="Of those, read from the score cache (written by an earlier run).")
     table: str = Field(description="The markdown table (also in metrics.md).")
+    notes: list[str] = Field(default_factory=list, description="The table's footnotes as plain text: the data, "
+                             "the first stage, what reranks each system.")
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """``{system: {measure: value}}``, as in metrics.json."""
         return {system.name: system.metrics for system in self.systems}
+
+    def scoring_summary(self) -> str:
+        """Where the scores came from, in words: e.g. ``scored 125 of 200 pairs; 75 came from the score cache``."""
+        parts = [f"scored {self.pairs_scored} of {self.pairs} pairs"]
+        if self.pairs_cached:
+            parts.append(f"{'all' if self.pairs_cached == self.pairs else self.pairs_cached} came from the score "
+                         "cache")
+        repeats = self.pairs - self.pairs_scored - self.pairs_cached
+        if repeats:
+            parts.append(f"{repeats} repeated a text already among the query's candidates")
+        return "; ".join(parts)
 
 
 def check_output_folder(output: Path) -> None:
@@ -260,6 +274,10 @@ def _first_stage(
     if config.run_file is not None:
         given = read_run(config.run_file, data.corpus)
         run = {query_id: given[query_id][:depth] for query_id in data.queries if query_id in given}
+        unjudged = [query_id for query_id in given if query_id not in data.queries]
+        if unjudged:
+            log(f"note: the run file lists queries the qrels do not judge ({len(unjudged)}, e.g. {unjudged[0]!r}); "
+                "they are left out")
     else:
         run = dense_first_stage(data, key["embed_model"], depth, device=config.device,
                                 batch_size=config.embed_batch_size, progress=progress)
@@ -293,34 +311,124 @@ def _write_settings(output: Path, settings: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ rerank
+class RerankCall(BaseModel):
+    """One scorer call of the rerank stage: a query's candidates under one instruction.
+
+    Always this whole list in one call, whatever the cache holds: a model's fp32 rounding depends on which
+    documents share a batch (~1e-7), so a resumed run that scored only what is missing would end with other
+    numbers than an uninterrupted one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    query_id: str = Field(description="The query's id.")
+    instruction_index: int = Field(description="Which of EvalConfig.instructions.")
+    query: str = Field(description="The query's text.")
+    instruction: str | None = Field(description="The instruction; None for the scorer's default.")
+    documents: list[str] = Field(description="The query's top-k candidate texts, each distinct text once, in "
+                                 "first-stage order.")
+
+
+class RerankResult(BaseModel):
+    """What the rerank stage returns: every call's scores and where they came from."""
+
+    scores: dict[int, dict[str, dict[str, float]]] = Field(
+        description="{instruction index: {query id: {document text: score}}}.")
+    pairs_scored: int = Field(description="Scores computed by the scorer in this run.")
+    pairs_cached: int = Field(description="Scores read from the score cache (whole calls only).")
+
+
+def rerank_calls(data: BeirData, first: Run, depth: int, instructions: Sequence[str | None]) -> list[RerankCall]:
+    """The calls the rerank stage makes, query by query, each query's instructions in order."""
+    calls = []
+    for query_id, query in data.queries.items():
+        texts = list(dict.fromkeys(data.corpus[doc_id] for doc_id, _ in first.get(query_id, [])[:depth]))
+        if texts:
+            calls.extend(RerankCall(query_id=query_id, instruction_index=index, query=query,
+                                    instruction=instruction, documents=texts)
+                         for index, instruction in enumerate(instructions))
+    return calls
+
+
+class _ScoreStore:
+    """The eval's view of the score cache: a call's scores, whole or not at all, keyed as CachedScorer keys
+    them (so the folder is an ordinary DiskScoreCache)."""
+
+    def __init__(self, scorer: Scorer, cache: ScoreCache) -> None:
+        self.scorer, self.cache = scorer, cache
+
+    def _keys(self, call: RerankCall) -> list[str]:
+        with _scorer_errors(self.scorer):  # a remote scorer asks its server once
+            identity = self.scorer.cache_identity()  # type: ignore[attr-defined]
+        return score_keys(identity, key_instruction(self.scorer, call.instruction), call.query, call.documents)
+
+    def get(self, call: RerankCall) -> list[float] | None:
+        """The call's scores if the cache holds every one of them (each a probability), else None."""
+        found = self.cache.get_many(self._keys(call))
+        if all(isinstance(value, float) and 0.0 <= value <= 1.0 for value in found):
+            return found  # type: ignore[no-any-return]
+        return None
+
+    def put(self, call: RerankCall, scores: list[float]) -> None:
+        # Keys asked again after scoring: a first load may pin another revision than the folder showed before.
+        # Every score of the call is written, over any older one, so the cache always holds one call's numbers.
+        self.cache.set_many(dict(zip(self._keys(call), scores)))
+
+    def count_cached(self, calls: Sequence[RerankCall]) -> int:
+        """Pairs whose call is whole in the cache (the lookups are not counted as hits or misses)."""
+        cached = sum(len(call.documents) for call in calls if self.get(call) is not None)
+        self.cache.reset_stats()
+        return cached
+
+
+def _score_call(scorer: Scorer, call: RerankCall, store: _ScoreStore | None) -> tuple[list[float], bool]:
+    """The scores of one call's documents, in order, and whether they came from ``store``: from there when it
+    holds them all, else from one ``scorer.score`` over the whole list (then stored)."""
+    if store is not None:
+        found = store.get(call)
+        if found is not None:
+            return found, True
+    with _scorer_errors(scorer):
+        answer = scorer.score(call.query, call.documents, instruction=call.instruction)
+    scores = checked_scores(scorer, answer, len(call.documents))
+    if store is not None:
+        store.put(call, scores)
+    return scores, False
+
+
 def _rerank_all(
-    scorer: Scorer, data: BeirData, first: Run, depth: int, instructions: Sequence[str | None], progress: bool
-) -> dict[int, dict[str, list[float]]]:
-    """Scores of each query's top ``depth`` first-stage documents, per instruction: {instruction index: {query
-    id: scores in first-stage order}}. One scorer call per (query, instruction), so with a cache in front, what
-    a killed run had scored is already persisted."""
+    scorer: Scorer, calls: Sequence[RerankCall], store: _ScoreStore | None, progress: bool
+) -> RerankResult:
+    """The rerank stage: every call, one after another, each committed to the cache as it returns (a killed run
+    loses at most the call in flight). The progress bar counts queries. Any order of the calls gives the same
+    result: each call's scores depend on that call alone."""
     from tqdm import tqdm
 
-    scores: dict[int, dict[str, list[float]]] = {index: {} for index in range(len(instructions))}
-    for query_id in tqdm(data.queries, desc="reranking", unit="query", disable=not progress, file=sys.stderr):
-        texts = [data.corpus[doc_id] for doc_id, _ in first.get(query_id, [])[:depth]]
-        if not texts:
-            continue
-        for index, instruction in enumerate(instructions):
-            with _scorer_errors(scorer):
-                answer = scorer.score(data.queries[query_id], texts, instruction=instruction)
-            scores[index][query_id] = checked_scores(scorer, answer, len(texts))
-    return scores
+    scores: dict[int, dict[str, dict[str, float]]] = {}
+    scored = cached = 0
+    queries = len({call.query_id for call in calls})
+    with tqdm(total=queries, desc="reranking", unit="query", disable=not progress, file=sys.stderr) as bar:
+        for number, call in enumerate(calls):
+            values, from_cache = _score_call(scorer, call, store)
+            scores.setdefault(call.instruction_index, {})[call.query_id] = dict(zip(call.documents, values))
+            if from_cache:
+                cached += len(values)
+            else:
+                scored += len(values)
+            if number + 1 == len(calls) or calls[number + 1].query_id != call.query_id:
+                bar.update(1)
+    return RerankResult(scores=scores, pairs_scored=scored, pairs_cached=cached)
 
 
-def _reranked_run(first: Run, scores: dict[str, list[float]], k: int) -> Run:
-    """The first stage with each query's top k reordered by ``scores``; the documents below k keep their
-    first-stage order, scored below the lowest reranked one so that the file reads in this order."""
+def _reranked_run(first: Run, corpus: dict[str, str], scores: dict[str, dict[str, float]], k: int) -> Run:
+    """The first stage with each query's top k reordered by ``scores`` (query id: {text: score}); the documents
+    below k keep their first-stage order, scored below the lowest reranked one so that the file reads in this
+    order."""
     run: Run = {}
     for query_id, documents in first.items():
         if query_id not in scores:
             continue
-        head = list(zip((doc_id for doc_id, _ in documents[:k]), scores[query_id][:k]))
+        head = [(doc_id, scores[query_id][corpus[doc_id]]) for doc_id, _ in documents[:k]]
         floor = min(score for _, score in head)
         tail = [(doc_id, floor - position) for position, (doc_id, _) in enumerate(documents[k:], 1)]
         run[query_id] = ranked(head + tail)
@@ -348,10 +456,15 @@ def run_evaluation(
         log: where notices go (a reused first stage, queries without candidates); default nowhere.
 
     Raises:
+        MissingDependencyError: a package these options need is not installed (one line naming it and its
+            extra), before anything is read or loaded; also an ImportError.
         DataError: the data or the run file cannot be used (the message names the file and line).
         ValueError: bad settings (the message names the setting).
+        TypeError: ``cache`` with a scorer that has no ``cache_identity()``.
         RerankError: the embedding model cannot be loaded, or the scorer failed.
     """
+    # Before any work: not after the first stage, or at the chart.
+    require_packages(dense_first_stage=config.run_file is None, cache=cache)
     say = log or (lambda _: None)
     data = load_beir(config.data, config.split)
     measures = config.measure_names()
@@ -363,21 +476,31 @@ def run_evaluation(
     first, first_key = _first_stage(config, data, depth, progress, say)
     missing = [query_id for query_id in data.queries if not first.get(query_id)]
     if missing:
-        say(f"warning: the first stage has no documents for {len(missing)} of {len(data.queries)} queries "
-            f"(e.g. {missing[0]!r}); they count as 0 in every system")
+        source = f"the run file {config.run_file.name}" if config.run_file else "the first stage"
+        say(f"warning: {source} has documents for only {len(data.queries) - len(missing)} of the "
+            f"{len(data.queries)} queries the qrels judge; queries without documents ({len(missing)}, e.g. "
+            f"{missing[0]!r}) count as 0 in every system")
 
+    calls = rerank_calls(data, first, depth, config.instructions)
+    pairs = sum(len(first.get(query_id, [])[:depth]) for query_id in data.queries) * len(config.instructions)
     if cache:
-        from ..cache import CachedScorer, DiskScoreCache
+        from ..cache import DiskScoreCache
 
-        # Each (query, instruction) call is committed to disk as it returns: a killed run loses at most the
-        # call in flight. The key holds the scorer's identity, so another model or setting never reuses a score.
-        with DiskScoreCache(config.output / "score-cache") as store:
-            cached = CachedScorer(scorer=scorer, cache=store)
-            scores = _rerank_all(cached, data, first, depth, config.instructions, progress)
-            pairs_scored = cached.stats.misses
+        if not callable(getattr(scorer, "cache_identity", None)):
+            raise TypeError(f"{type(scorer).__name__} has no cache_identity(), so the score cache cannot tell its "
+                            "configurations apart: wrap it in CachedScorer(scorer=..., identity={...}), or pass "
+                            "cache=False")
+        # Each call is committed to disk as it returns: a killed run loses at most the call in flight. The key
+        # holds the scorer's identity, so another model or setting never reuses a score.
+        with DiskScoreCache(config.output / "score-cache") as disk:
+            store = _ScoreStore(scorer, disk)
+            known = store.count_cached(calls)
+            if known:
+                say(f"the score cache holds {known} of {pairs} pairs from an earlier run; scoring the other "
+                    f"{sum(len(call.documents) for call in calls) - known}")
+            reranked = _rerank_all(scorer, calls, store, progress)
     else:
-        scores = _rerank_all(scorer, data, first, depth, config.instructions, progress)
-        pairs_scored = None
+        reranked = _rerank_all(scorer, calls, None, progress)
 
     runs_dir = config.output / "runs"
     parsed = parse_measures(measures)
@@ -385,13 +508,12 @@ def run_evaluation(
                             metrics=compute_metrics(parsed, data.qrels, runs_dir / f"{FIRST_STAGE}.trec"))]
     for name, index, k in systems:
         path = runs_dir / f"{name}.trec"
-        write_run(path, _reranked_run(first, scores[index], k), name)
+        write_run(path, _reranked_run(first, data.corpus, reranked.scores.get(index, {}), k), name)
         results.append(SystemResult(name=name, instruction=config.instructions[index], top_k=k, run_file=path,
                                     metrics=compute_metrics(parsed, data.qrels, path)))
 
     metrics = {result.name: result.metrics for result in results}
-    notes = _notes(config, data, results, scorer)
-    table = markdown_table(metrics, notes)
+    table = markdown_table(metrics, _notes(config, data, len(data.queries) - len(missing), results, scorer, code=lambda name: f"`{name}`"))
     write_atomic(config.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_atomic(config.output / "metrics.md", table)
     title = f"{config.data.resolve().name} ({config.split}, {len(data.queries)} queries)"
@@ -402,9 +524,9 @@ def run_evaluation(
         "systems": {name: {"instruction": config.instructions[index], "top_k": k} for name, index, k in systems},
         "measures": measures,
     })
-    pairs = sum(len(first.get(query_id, [])[:depth]) for query_id in data.queries) * len(config.instructions)
     return EvalReport(output=config.output, queries=len(data.queries), systems=results, pairs=pairs,
-                      pairs_scored=pairs if pairs_scored is None else pairs_scored, table=table)
+                      pairs_scored=reranked.pairs_scored, pairs_cached=reranked.pairs_cached, table=table,
+                      notes=_notes(config, data, len(data.queries) - len(missing), results, scorer, code=str))
 
 
 def _reranker_name(scorer: object) -> str:
@@ -413,12 +535,36 @@ def _reranker_name(scorer: object) -> str:
     return scorer_name(scorer)
 
 
-def _notes(config: EvalConfig, data: BeirData, results: list[SystemResult], scorer: object) -> list[str]:
+def _notes(
+    config: EvalConfig, data: BeirData, covered: int, results: list[SystemResult], scorer: object,
+    code: Callable[[str], str],
+) -> list[str]:
+    """The table's footnotes; ``covered``: queries the first stage found documents for; ``code`` formats a
+    system name (markdown: in backticks)."""
     embedder = config.embed_model or DEFAULT_EMBED_MODEL
     first = f"run file {config.run_file.name}" if config.run_file else f"dense, {embedder}"
-    notes = [f"{len(data.queries)} queries, {len(data.corpus)} documents; `{FIRST_STAGE}`: {first}, "
+    if covered < len(data.queries):  # the others count as 0: a table without this would mislead
+        first += f" (documents for {covered} of the {len(data.queries)} queries)"
+    notes = [f"{len(data.queries)} queries, {len(data.corpus)} documents; {code(FIRST_STAGE)}: {first}, "
              f"top {max(config.top_k)}"]
+    reranker = _describe_reranker(scorer)
     for result in results[1:]:
         instruction = "default instruction" if result.instruction is None else f"instruction {result.instruction!r}"
-        notes.append(f"`{result.name}`: {_reranker_name(scorer)} reranks the top {result.top_k}, {instruction}")
+        notes.append(f"{code(result.name)}: {reranker} reranks the top {result.top_k}, {instruction}")
     return notes
+
+
+def _describe_reranker(scorer: object) -> str:
+    """The reranker as the notes name it: its model; for a server, the model and the server's address (never its
+    credentials); a CachedScorer as what it wraps."""
+    from .._model_identity import public_url
+
+    inner = getattr(scorer, "scorer", None)
+    if inner is not None and callable(getattr(inner, "score", None)):  # CachedScorer and other wrappers
+        return _describe_reranker(inner)
+    urls = getattr(scorer, "base_urls", None)
+    if isinstance(urls, list) and urls and all(isinstance(url, str) for url in urls):
+        model = getattr(scorer, "model", None)
+        where = ", ".join(public_url(url) for url in urls)
+        return f"{model} at {where}" if isinstance(model, str) and model else f"the model served at {where}"
+    return _reranker_name(scorer)
