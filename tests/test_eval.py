@@ -659,7 +659,8 @@ def test_vllm_notes_name_the_model_and_the_server_without_credentials(tmp_path, 
     config = EvalConfig(data=BEIR_MINI, output=tmp_path / "out", run_file=first, top_k=[2])
     with VLLMScorer(f"http://user:s3cret-pw@{host}", model="Qwen/Qwen3-Reranker-0.6B", template="client") as scorer:
         report = run_evaluation(config, scorer, cache=False)
-    assert report.notes[1] == f"rerank: Qwen/Qwen3-Reranker-0.6B at http://{host} reranks the top 2, default instruction"
+    assert report.notes[1] == (f"rerank: Qwen/Qwen3-Reranker-0.6B at http://{host} reranks the top 2, default "
+                               "instruction")
     written = "".join(path.read_text("utf-8") for path in (tmp_path / "out").rglob("*.*") if path.suffix != ".png")
     assert "s3cret-pw" not in written and "user" not in written
 

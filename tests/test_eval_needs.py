@@ -14,13 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 from qwen3_rerank_integrations.cli import app
+from qwen3_rerank_integrations.errors import MissingDependencyError, RerankError
 from qwen3_rerank_integrations.evaluation import EvalConfig, run_evaluation
-from qwen3_rerank_integrations.evaluation.needs import missing_package, needs
+from qwen3_rerank_integrations.evaluation.needs import needs, require_packages
+from qwen3_rerank_integrations.extras import install_command
 from tests.test_eval import BEIR_MINI, HashScorer, hashed_first_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-INSTALL = 'pip install "qwen3-rerank-integrations[{}]"'
+EVAL = install_command("eval")  # pip install "...[eval]", in the form this copy was installed
 
 
 def block(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
@@ -31,21 +33,20 @@ def block(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
 @pytest.mark.parametrize(
     ("module", "options", "expected"),
     [
-        ("diskcache", [], "eval needs diskcache for the score cache that lets a run resume, which is not installed: "
-         f"{INSTALL.format('eval')}, or use --no-cache"),
-        ("httpx", ["--backend", "vllm", "--base-url", "http://127.0.0.1:9"],
-         f"eval needs httpx for talking to the vLLM server, which is not installed: {INSTALL.format('remote')}"),
+        ("diskcache", [], "qwen3-rerank eval needs diskcache for the score cache that lets a run resume, which is "
+         f"not installed: {EVAL}, or use --no-cache"),
         ("matplotlib", ["--no-cache"],
-         f"eval needs matplotlib for the chart (metrics.png), which is not installed: {INSTALL.format('eval')}"),
-        ("ir_measures", [], f"eval needs ir-measures for the metrics, which is not installed: {INSTALL.format('eval')}"),
-        ("pytrec_eval", [], "eval needs pytrec-eval-terrier for the metrics"),
-        ("sentence_transformers", [], "eval needs sentence-transformers for the dense first stage, which is not "
-         f"installed: {INSTALL.format('eval')}, or use --run FILE (a first stage you have)"),
-        ("torch", ["--run", "RUN"], f"eval needs torch for the reranker in this process, which is not installed: "
-         f"{INSTALL.format('local')}"),
-        ("transformers", ["--backend", "engine", "--run", "RUN"], f"[local]"),
-        ("vllm", ["--backend", "engine", "--run", "RUN"], "eval needs vLLM for --backend engine, which is not "
-         "installed: install the vLLM build for your hardware"),
+         f"qwen3-rerank eval needs matplotlib for the chart (metrics.png), which is not installed: {EVAL}"),
+        ("ir_measures", [], f"qwen3-rerank eval needs ir-measures for the metrics, which is not installed: {EVAL}"),
+        ("pytrec_eval", [], "qwen3-rerank eval needs pytrec-eval-terrier for the metrics"),
+        ("sentence_transformers", [], "qwen3-rerank eval needs sentence-transformers for the dense first stage, "
+         f"which is not installed: {EVAL}, or use --run FILE (a first stage you have)"),
+        # The backend's packages, checked by the command line's backend check, before the evaluation's.
+        ("httpx", ["--backend", "vllm", "--base-url", "http://127.0.0.1:9"],
+         f"--backend vllm needs httpx, which is not installed: {install_command('remote')}"),
+        ("torch", ["--run", "RUN"], f"--backend local needs torch, which is not installed: {install_command('local')}"),
+        ("transformers", ["--backend", "engine", "--run", "RUN"], '[local]"'),
+        ("vllm", ["--backend", "engine", "--run", "RUN"], "--backend engine needs vLLM, which is not installed"),
     ],
 )
 def test_a_missing_package_is_one_line_before_any_work(tmp_path, monkeypatch, module, options, expected):
@@ -57,7 +58,7 @@ def test_a_missing_package_is_one_line_before_any_work(tmp_path, monkeypatch, mo
                                  *(run_file if option == "RUN" else option for option in options)])
     assert result.exit_code == 3, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: eval needs ") and expected in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], lines
     assert not out.exists()  # nothing read, embedded or written
 
 
@@ -78,14 +79,21 @@ def test_only_what_the_options_use_is_needed(tmp_path, monkeypatch, module, opti
 def test_the_python_api_checks_before_reading_anything(tmp_path, monkeypatch):
     block(monkeypatch, "matplotlib")
     config = EvalConfig(data=tmp_path / "no-such-folder", output=tmp_path / "out", run_file=tmp_path / "r.trec")
-    with pytest.raises(ImportError, match=r"^eval needs matplotlib for the chart .*\[eval\]\"$"):
+    with pytest.raises(MissingDependencyError) as caught:
         run_evaluation(config, HashScorer(), cache=False)
+    assert str(caught.value) == (f"run_evaluation needs matplotlib for the chart (metrics.png), which is not "
+                                 f"installed: {EVAL}")
+    assert isinstance(caught.value, ImportError) and isinstance(caught.value, RerankError)
+    assert (caught.value.package, caught.value.extra) == ("matplotlib", "eval")
     assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    block(monkeypatch, "diskcache")
+    with pytest.raises(MissingDependencyError, match=r"needs diskcache .*, or use cache=False$"):
+        require_packages(dense_first_stage=False, cache=True)
 
 
 def test_with_everything_installed_nothing_is_missing():
-    for backend in ("local", "vllm"):
-        assert missing_package(dense_first_stage=True, cache=True, backend=backend, cli=True) is None
+    require_packages(dense_first_stage=True, cache=True)
 
 
 def extra_closure(extra: str) -> set[str]:
@@ -107,7 +115,3 @@ def test_the_eval_extra_brings_everything_eval_uses_by_default():
     brought = extra_closure("eval")
     for need in needs(dense_first_stage=True, cache=True):
         assert need.extra == "eval" and need.package.lower() in brought, need
-    assert {need.package for need in needs(dense_first_stage=False, cache=False, backend="vllm")
-            if need.extra == "remote"} <= extra_closure("remote")
-    assert {need.package for need in needs(dense_first_stage=False, cache=False, backend="local")
-            if need.extra == "local"} <= extra_closure("local")

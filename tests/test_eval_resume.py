@@ -9,7 +9,6 @@ tool) is scored whole again and overwritten.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

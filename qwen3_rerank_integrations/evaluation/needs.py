@@ -68,7 +68,8 @@ def require_packages(*, dense_first_stage: bool, cache: bool, needed_by: str = "
     if missing is None:
         return
     need = next(need for need in wanted if need.module == missing)
-    message = f"{needed_by} needs {need.package} for {need.purpose}, which is not installed: {install_command(need.extra)}"
+    message = (f"{needed_by} needs {need.package} for {need.purpose}, which is not installed: "
+               f"{install_command(need.extra)}")
     if need.instead is not None:
         message += f", or use {need.instead[0] if needed_by.startswith('qwen3-rerank') else need.instead[1]}"
     raise MissingDependencyError(message, package=need.package, extra=need.extra)

@@ -513,7 +513,8 @@ def run_evaluation(
                                     metrics=compute_metrics(parsed, data.qrels, path)))
 
     metrics = {result.name: result.metrics for result in results}
-    table = markdown_table(metrics, _notes(config, data, len(data.queries) - len(missing), results, scorer, code=lambda name: f"`{name}`"))
+    covered = len(data.queries) - len(missing)
+    table = markdown_table(metrics, _notes(config, data, covered, results, scorer, code=lambda name: f"`{name}`"))
     write_atomic(config.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_atomic(config.output / "metrics.md", table)
     title = f"{config.data.resolve().name} ({config.split}, {len(data.queries)} queries)"
@@ -526,7 +527,7 @@ def run_evaluation(
     })
     return EvalReport(output=config.output, queries=len(data.queries), systems=results, pairs=pairs,
                       pairs_scored=reranked.pairs_scored, pairs_cached=reranked.pairs_cached, table=table,
-                      notes=_notes(config, data, len(data.queries) - len(missing), results, scorer, code=str))
+                      notes=_notes(config, data, covered, results, scorer, code=str))
 
 
 def _reranker_name(scorer: object) -> str:
