@@ -600,6 +600,44 @@ def test_a_run_killed_halfway_resumes_to_the_same_files_scoring_only_the_rest(tm
     assert resumed.stdout == result.stdout
 
 
+def test_cli_table_and_messages_say_what_happened(tmp_path, monkeypatch):
+    # A terminal table, not markdown with ** (metrics.md keeps that); "scored N of N pairs" without "the rest from
+    # the score cache" when nothing came from it; a second run says first what the cache holds.
+    from contextlib import nullcontext
+
+    monkeypatch.setattr("qwen3_rerank_integrations.cli.eval.open_scorer", lambda *a, **k: nullcontext(HashScorer()))
+    first = hashed_first_stage(tmp_path / "first.trec")
+    args = ["eval", str(BEIR_MINI), "-o", str(tmp_path / "out"), "--run", str(first), "--top-k", "4",
+            "--instruction", "default", "--instruction", "Find answers"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text("utf-8"))
+    assert_terminal_table(result.stdout, metrics, notes=3)
+    assert "**" in (tmp_path / "out" / "metrics.md").read_text("utf-8")  # the file keeps the markdown
+    assert result.stderr.strip().splitlines()[-1].endswith("(3 systems); scored 160 of 160 pairs")
+
+    result = runner.invoke(app, [*args, "--instruction", "Find definitions"])
+    assert result.exit_code == 0, result.output
+    assert "the score cache holds 160 of 240 pairs from an earlier run; scoring the other 80" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("scored 80 of 240 pairs; 160 came from the score cache")
+
+
+def test_a_text_repeated_among_a_querys_candidates_is_scored_once_and_counted_as_such(tmp_path):
+    corpus = '{"_id": "d1", "text": "alpha"}\n{"_id": "d2", "text": "alpha"}\n{"_id": "d3", "text": "beta"}\n'
+    folder = make_beir(tmp_path / "data", corpus, '{"_id": "q1", "text": "what is alpha"}\n', "q1\td1\t1\n")
+    run = tmp_path / "first.trec"
+    run.write_text("q1 Q0 d1 1 0.9 x\nq1 Q0 d2 2 0.8 x\nq1 Q0 d3 3 0.7 x\n", encoding="utf-8")
+    scorer = HashScorer()
+    for cache in (False, True):
+        report = run_evaluation(EvalConfig(data=folder, output=tmp_path / f"out-{cache}", run_file=run, top_k=[3]),
+                                scorer, cache=cache)
+        assert (report.pairs, report.pairs_scored, report.pairs_cached) == (3, 2, 0)
+        assert report.scoring_summary() == "scored 2 of 3 pairs; 1 repeated a text already among the query's candidates"
+    assert scorer.pairs == 4  # "alpha" once, "beta" once, in each run
+    scores = {doc_id: score for doc_id, score in by_query(trec_lines(tmp_path / "out-True/runs/rerank.trec"))["q1"]}
+    assert scores["d1"] == scores["d2"]
+
+
 # ------------------------------------------------------------------------------------------------ progress, interrupt
 def test_progress_bar_counts_queries_on_stderr(tmp_path, capsys):
     first = hashed_first_stage(tmp_path / "first.trec")
