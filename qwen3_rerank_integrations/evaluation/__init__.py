@@ -11,8 +11,9 @@ folder), with the backend you deploy: a dense first stage (or your own TREC run)
                             LocalScorer("Qwen/Qwen3-Reranker-0.6B"), progress=True)
     print(report.table)
 
-Needs the ``eval`` extra (ir-measures, pytrec-eval-terrier, sentence-transformers, matplotlib, tqdm); importing
-this package imports none of them, nor torch: they load when a run needs them.
+Needs the ``eval`` extra (ir-measures, pytrec-eval-terrier, sentence-transformers, matplotlib, tqdm, diskcache);
+importing this package imports none of them, nor torch: they load when a run needs them, and a run checks first
+that those its options need are installed (:mod:`.needs`).
 """
 
 from __future__ import annotations
