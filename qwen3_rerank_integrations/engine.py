@@ -164,12 +164,6 @@ class VLLMEngineScorer(ScorerBase):
     def _release_state(self, old: Mapping[str, Any]) -> None:
         _shutdown(old.get("_llm"))
 
-    def __enter__(self) -> VLLMEngineScorer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     # ----------------------------------------------------------------------------------------- loading
     def _host(self) -> LocalScorer:
         # LocalScorer (never loading its weights) resolves the model the same way for both backends: local folder

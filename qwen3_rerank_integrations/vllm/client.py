@@ -396,18 +396,6 @@ class VLLMScorer(ScorerBase):
         """Close both HTTP clients."""
         await self._state.connections.aclose()
 
-    def __enter__(self) -> VLLMScorer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> VLLMScorer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     # ----------------------------------------------------------------------------------------- parts
     def _driver(self, pin: int | None = None) -> Driver:
         """Sends this call's requests (to replica ``pin`` only, when given)."""
