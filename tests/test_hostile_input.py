@@ -274,7 +274,8 @@ async def test_ten_thousand_documents_each_get_their_own_score():
     expected = [i / 10_000 for i in range(10_000)]
     server = VLLMStandIn("legacy", score_override=position_score)  # no model: only the plumbing is timed
     try:
-        with VLLMScorer(server.base_url, batch_size=256) as remote:
+        # A model-free stand-in cannot answer the template probe (its canary has no position), so the mode is named.
+        with VLLMScorer(server.base_url, batch_size=256, template="client") as remote:
             assert remote.score(QUERY, TEN_THOUSAND) == expected
             assert await remote.ascore(QUERY, TEN_THOUSAND) == expected
         assert len(server.scoring_requests()) == 80
