@@ -41,7 +41,7 @@ from .scorer import Scorer
 if TYPE_CHECKING:
     from ._ranking import Ranked, arerank, rerank
     from .base import ScorerBase
-    from .cache import ByteStoreScoreCache, CachedScorer, CacheStats, DiskScoreCache, InMemoryScoreCache, ScoreCache
+    from .cache import ByteStoreScoreCache, CacheStats, DiskScoreCache, InMemoryScoreCache, ScoreCache
     from .engine import VLLMEngineScorer
     from .local import LocalScorer
     from .vllm import ServerCheck, VLLMScorer
@@ -59,7 +59,6 @@ __all__ = [
     "rerank",
     "arerank",
     "Ranked",
-    "CachedScorer",
     "ScoreCache",
     "InMemoryScoreCache",
     "DiskScoreCache",
@@ -85,7 +84,7 @@ __all__ = [
     "MissingDependencyError",
 ]
 
-_CACHE_NAMES = ["CachedScorer", "ScoreCache", "InMemoryScoreCache", "DiskScoreCache", "ByteStoreScoreCache", "CacheStats"]
+_CACHE_NAMES = ["ScoreCache", "InMemoryScoreCache", "DiskScoreCache", "ByteStoreScoreCache", "CacheStats"]
 _LAZY = {"LocalScorer": ".local", "VLLMScorer": ".vllm", "ServerCheck": ".vllm", "VLLMEngineScorer": ".engine",
          "ScorerBase": ".base", "rerank": "._ranking", "arerank": "._ranking", "Ranked": "._ranking",
          **dict.fromkeys(_CACHE_NAMES, ".cache")}

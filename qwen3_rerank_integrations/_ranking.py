@@ -13,19 +13,17 @@ adapter never imports torch or httpx.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 from typing_extensions import Self
 
-from .base import checked_scores, scorer_name
-from .errors import RerankError
+from .base import ascore_validated, score_validated
 from .local import DEFAULT_MODEL, LocalScorer
 from .scorer import Scorer, validate_inputs
 
-__all__ = ["Ranked", "RerankerBase", "rank", "rerank", "arerank", "scorer_name"]
+__all__ = ["Ranked", "RerankerBase", "rank", "rerank", "arerank"]
 
 
 class Ranked(NamedTuple):
@@ -108,9 +106,8 @@ def rerank(
     docs = _prepare(scorer, query, documents, top_n, score_threshold, instruction)
     if not docs:
         return []
-    with _scorer_errors(scorer):
-        scores = scorer.score(query, docs, instruction=instruction)
-    return rank(checked_scores(scorer, scores, len(docs)), top_n=top_n, score_threshold=score_threshold)
+    scores = score_validated(scorer, query, docs, instruction)
+    return rank(scores, top_n=top_n, score_threshold=score_threshold)
 
 
 async def arerank(
@@ -126,21 +123,8 @@ async def arerank(
     docs = _prepare(scorer, query, documents, top_n, score_threshold, instruction)
     if not docs:
         return []
-    with _scorer_errors(scorer):
-        scores = await scorer.ascore(query, docs, instruction=instruction)
-    return rank(checked_scores(scorer, scores, len(docs)), top_n=top_n, score_threshold=score_threshold)
-
-
-@contextlib.contextmanager
-def _scorer_errors(scorer: object) -> Iterator[None]:
-    """Let RerankError through as it is; wrap anything else a scorer raises (a third-party scorer, a torch
-    RuntimeError) so callers catch one type."""
-    try:
-        yield
-    except RerankError:
-        raise
-    except Exception as exc:  # re-raised as RerankError, cause kept
-        raise RerankError(f"scorer {scorer_name(scorer)} failed: {type(exc).__name__}: {exc}") from exc
+    scores = await ascore_validated(scorer, query, docs, instruction)
+    return rank(scores, top_n=top_n, score_threshold=score_threshold)
 
 
 class RerankerBase(BaseModel):
@@ -229,12 +213,23 @@ class RerankerBase(BaseModel):
         return own, {key: value for key, value in kwargs.items() if key not in own}
 
     # ----------------------------------------------------------------------------------------- ranking
-    def _rank(self, query: str, texts: Sequence[str]) -> list[Ranked]:
-        """Score ``texts`` against ``query`` and rank them with this adapter's options (:func:`rerank`)."""
-        return rerank(self.scorer, query, texts, top_n=self.top_n, score_threshold=self.score_threshold,
-                      instruction=self.instruction)
+    # An adapter checks its inputs once (_checked, before any event or callback run starts); its fields are
+    # checked by pydantic; so _rank/_arank hand the texts straight to the scorer (score_validated), as rerank()
+    # does after its own checks.
+    def _checked(self, query: str, texts: list[str]) -> list[str]:
+        """``texts`` after the call's checks (query, texts, this adapter's instruction); raises before any work."""
+        return validate_inputs(query, texts, self.instruction)
 
-    async def _arank(self, query: str, texts: Sequence[str]) -> list[Ranked]:
-        """The async twin of :meth:`_rank` (:func:`arerank`)."""
-        return await arerank(self.scorer, query, texts, top_n=self.top_n, score_threshold=self.score_threshold,
-                             instruction=self.instruction)
+    def _rank(self, query: str, texts: list[str]) -> list[Ranked]:
+        """Score checked ``texts`` against ``query`` and rank them with this adapter's options."""
+        if not texts:
+            return []
+        scores = score_validated(self.scorer, query, texts, self.instruction)
+        return rank(scores, top_n=self.top_n, score_threshold=self.score_threshold)
+
+    async def _arank(self, query: str, texts: list[str]) -> list[Ranked]:
+        """The async twin of :meth:`_rank`."""
+        if not texts:
+            return []
+        scores = await ascore_validated(self.scorer, query, texts, self.instruction)
+        return rank(scores, top_n=self.top_n, score_threshold=self.score_threshold)

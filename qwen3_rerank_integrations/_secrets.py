@@ -19,10 +19,10 @@ import re
 import threading
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 __all__ = ["MIN_LENGTH", "MASK", "register", "register_basic_auth", "redact", "redact_all", "snippet",
-           "protect_loggers"]
+           "protect_loggers", "public_url"]
 
 MIN_LENGTH = 4
 MASK = "***"
@@ -128,3 +128,13 @@ def protect_loggers(names: Iterable[str] = ()) -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+def public_url(url: str) -> str:
+    """``url`` without user, password, query or fragment: what identifies a server, never a secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -28,7 +28,6 @@ Imports pydantic and the cache module only: no torch, no httpx.
 from __future__ import annotations
 
 import asyncio
-import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -38,39 +37,10 @@ from typing_extensions import Self
 
 from ._loaded_state import LoadedStateModel
 from .cache import InMemoryScoreCache, ScoreCache, acached_scores, cached_scores
-from .errors import RerankError
 from .prompt import DEFAULT_INSTRUCTION
-from .scorer import check_instruction, validate_inputs
+from .scorer import Scorer, check_instruction, checked_scores, instruction_in_use, scorer_errors, validate_inputs
 
-__all__ = ["ScorerBase", "checked_scores", "scorer_name"]
-
-
-def scorer_name(scorer: object) -> str:
-    """A name for events and messages: the scorer's model if it has one, else its class. Never a URL (it may
-    carry credentials)."""
-    model = getattr(scorer, "model", None)
-    return model if isinstance(model, str) and model else type(scorer).__name__
-
-
-def checked_scores(scorer: object, scores: object, count: int) -> list[float]:
-    """``scores`` as a list of floats, or a RerankError: a lost, non-finite or out-of-range score would silently
-    mis-rank (and break ``score_threshold``, which is a probability)."""
-    name = scorer_name(scorer)
-    if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)):
-        raise RerankError(f"scorer {name} returned {type(scores).__name__}, not a list of scores")
-    if len(scores) != count:
-        raise RerankError(f"scorer {name} returned {len(scores)} scores for {count} documents")
-    checked: list[float] = []
-    for i, value in enumerate(scores):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RerankError(f"scorer {name} returned {value!r} for documents[{i}], not a finite number")
-        if not 0.0 <= value <= 1.0:
-            raise RerankError(
-                f"scorer {name} returned {value!r} for documents[{i}], outside [0, 1]: a scorer must return "
-                'P("yes") probabilities, not logits or distances'
-            )
-        checked.append(float(value))
-    return checked
+__all__ = ["ScorerBase", "score_validated", "ascore_validated"]
 
 
 class ScorerBase(LoadedStateModel):
@@ -135,8 +105,7 @@ class ScorerBase(LoadedStateModel):
         if self.cache is not None and type(self).cache_identity is ScorerBase.cache_identity:
             raise TypeError(
                 f"{type(self).__name__} has no cache_identity(), so cache= cannot tell its configurations apart; "
-                "implement cache_identity() (model, revision, every setting that changes scores) or wrap it in "
-                "CachedScorer(scorer=..., identity={...})"
+                "implement cache_identity() (model, revision, every setting that changes scores)"
             )
         return self
 
@@ -155,37 +124,13 @@ class ScorerBase(LoadedStateModel):
             Exception: whatever the backend raises, unchanged (the built-in ones raise ModelLoadError, RerankError
                 and its subclasses); :func:`~qwen3_rerank_integrations.rerank` wraps anything else in a RerankError.
         """
-        docs = validate_inputs(query, documents, instruction)
-        self._notice_changed_containers()
-        if not docs:
-            return []
-        used = self._instruction_for(instruction)
-        cache = self._score_cache()
-        if cache is None:
-            return self._checked(self._score_texts(query, docs, used), len(docs))
-        return cached_scores(
-            cache, self.cache_identity, query, docs, used,
-            lambda missing: self._checked(self._score_texts(query, missing, used), len(missing)),
-            scorer=self,
-        )
+        return self._score_validated(query, validate_inputs(query, documents, instruction), instruction)
 
     async def ascore(
         self, query: str, documents: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         """Async twin of :meth:`score`; never blocks the event loop (a sync-only backend runs on a worker thread)."""
-        docs = validate_inputs(query, documents, instruction)
-        self._notice_changed_containers()
-        if not docs:
-            return []
-        used = self._instruction_for(instruction)
-        cache = self._score_cache()
-        if cache is None:
-            return self._checked(await self._ascore_texts(query, docs, used), len(docs))
-
-        async def compute(missing: list[str]) -> list[float]:
-            return self._checked(await self._ascore_texts(query, missing, used), len(missing))
-
-        return await acached_scores(cache, self.acache_identity, query, docs, used, compute, scorer=self)
+        return await self._ascore_validated(query, validate_inputs(query, documents, instruction), instruction)
 
     def cache_identity(self) -> dict[str, Any]:
         """What decides this scorer's scores (model, exact revision, every setting that changes a score), as a
@@ -232,8 +177,38 @@ class ScorerBase(LoadedStateModel):
         return await asyncio.to_thread(self._score_texts, query, documents, instruction)
 
     # ----------------------------------------------------------------------------------------- internals
+    def _score_validated(self, query: str, docs: list[str], instruction: str | None) -> list[float]:
+        """:meth:`score` after its argument checks: the cache, the backend, the answer's check."""
+        self._notice_changed_containers()
+        if not docs:
+            return []
+        used = self._instruction_for(instruction)
+        cache = self._score_cache()
+        if cache is None:
+            return self._checked(self._score_texts(query, docs, used), len(docs))
+        return cached_scores(
+            cache, self.cache_identity, query, docs, used,
+            lambda missing: self._checked(self._score_texts(query, missing, used), len(missing)),
+            scorer=self,
+        )
+
+    async def _ascore_validated(self, query: str, docs: list[str], instruction: str | None) -> list[float]:
+        """Async twin of :meth:`_score_validated`."""
+        self._notice_changed_containers()
+        if not docs:
+            return []
+        used = self._instruction_for(instruction)
+        cache = self._score_cache()
+        if cache is None:
+            return self._checked(await self._ascore_texts(query, docs, used), len(docs))
+
+        async def compute(missing: list[str]) -> list[float]:
+            return self._checked(await self._ascore_texts(query, missing, used), len(missing))
+
+        return await acached_scores(cache, self.acache_identity, query, docs, used, compute, scorer=self)
+
     def _instruction_for(self, instruction: str | None) -> str:
-        return instruction or self.instruction or DEFAULT_INSTRUCTION
+        return instruction_in_use(self, instruction) or DEFAULT_INSTRUCTION
 
     def _score_cache(self) -> ScoreCache | None:
         cache = self.cache
@@ -241,3 +216,25 @@ class ScorerBase(LoadedStateModel):
 
     def _checked(self, scores: object, count: int) -> list[float]:
         return checked_scores(self, scores, count)
+
+
+# ============================================================================================== one call, checked once
+def score_validated(scorer: Scorer, query: str, documents: list[str], instruction: str | None) -> list[float]:
+    """One scorer call for a layer that has already checked its arguments (``validate_inputs``): a
+    :class:`ScorerBase` skips its own argument checks, and the answer is checked once (by the base, or here for
+    any other :class:`~qwen3_rerank_integrations.Scorer`). Anything but a RerankError the scorer raises comes back
+    as a RerankError naming it (:func:`~qwen3_rerank_integrations.scorer.scorer_errors`)."""
+    with scorer_errors(scorer):
+        if isinstance(scorer, ScorerBase):
+            return scorer._score_validated(query, documents, instruction)
+        answer = scorer.score(query, documents, instruction=instruction)
+    return checked_scores(scorer, answer, len(documents))
+
+
+async def ascore_validated(scorer: Scorer, query: str, documents: list[str], instruction: str | None) -> list[float]:
+    """Async twin of :func:`score_validated`, awaiting the scorer's ``ascore``."""
+    with scorer_errors(scorer):
+        if isinstance(scorer, ScorerBase):
+            return await scorer._ascore_validated(query, documents, instruction)
+        answer = await scorer.ascore(query, documents, instruction=instruction)
+    return checked_scores(scorer, answer, len(documents))

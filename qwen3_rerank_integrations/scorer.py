@@ -1,19 +1,36 @@
-"""The ``Scorer`` protocol every backend implements, and the input checks they all share.
+"""The scorer contract: the ``Scorer`` protocol, the checks on a call's arguments and on its answer, the
+instruction a call uses, and what a scorer may raise.
 
 A scorer turns one query and a list of documents into one relevance score per document, in input order:
 P("yes") in [0, 1] as the official Qwen3-Reranker method computes it. The framework adapters depend on this
 protocol only, so any backend (local model, vLLM server, a test double) plugs into them. A new backend
-subclasses :class:`~qwen3_rerank_integrations.ScorerBase`, which applies :func:`validate_inputs` and the rest of
-the contract for it.
+subclasses :class:`~qwen3_rerank_integrations.ScorerBase`, which applies this contract for it.
+
+Every layer a call passes through (an adapter, :func:`~qwen3_rerank_integrations.rerank`, the batch and eval
+runners, :class:`~qwen3_rerank_integrations.ScorerBase`) uses these functions, so a rule is written once. Imports
+nothing heavier than the prompt module's constants.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Scorer", "validate_inputs", "check_instruction"]
+from .errors import RerankError
+from .prompt import DEFAULT_INSTRUCTION
+
+__all__ = [
+    "Scorer",
+    "validate_inputs",
+    "check_instruction",
+    "checked_scores",
+    "scorer_name",
+    "instruction_in_use",
+    "scorer_errors",
+]
 
 # A lone UTF-16 surrogate (left by a bad decode: errors="surrogateescape", a JSON "\ud800") is not text: no
 # tokenizer, UTF-8 encoder or JSON body can carry it.
@@ -86,3 +103,54 @@ def _check_unicode(name: str, text: str) -> None:
             f"{name} is not valid Unicode text: a lone surrogate U+{ord(found.group()):04X} at position "
             f"{found.start()} (a broken decode); decode its source as UTF-8 with errors='replace', or remove it"
         )
+
+
+# ============================================================================================== the answer
+def scorer_name(scorer: object) -> str:
+    """A name for events and messages: the scorer's model if it has one, else its class. Never a URL (it may
+    carry credentials)."""
+    model = getattr(scorer, "model", None)
+    return model if isinstance(model, str) and model else type(scorer).__name__
+
+
+def checked_scores(scorer: object, scores: object, count: int) -> list[float]:
+    """``scores`` as a list of floats, or a RerankError: a lost, non-finite or out-of-range score would silently
+    mis-rank (and break ``score_threshold``, which is a probability)."""
+    name = scorer_name(scorer)
+    if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)):
+        raise RerankError(f"scorer {name} returned {type(scores).__name__}, not a list of scores")
+    if len(scores) != count:
+        raise RerankError(f"scorer {name} returned {len(scores)} scores for {count} documents")
+    checked: list[float] = []
+    for i, value in enumerate(scores):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RerankError(f"scorer {name} returned {value!r} for documents[{i}], not a finite number")
+        if not 0.0 <= value <= 1.0:
+            raise RerankError(
+                f"scorer {name} returned {value!r} for documents[{i}], outside [0, 1]: a scorer must return "
+                'P("yes") probabilities, not logits or distances'
+            )
+        checked.append(float(value))
+    return checked
+
+
+@contextlib.contextmanager
+def scorer_errors(scorer: object) -> Iterator[None]:
+    """Let RerankError through as it is; wrap anything else a scorer raises (a third-party scorer, a torch
+    RuntimeError) in a RerankError naming the scorer, cause kept, so callers catch one type."""
+    try:
+        yield
+    except RerankError:
+        raise
+    except Exception as exc:  # re-raised as RerankError, cause kept
+        raise RerankError(f"scorer {scorer_name(scorer)} failed: {type(exc).__name__}: {exc}") from exc
+
+
+# ============================================================================================== the instruction
+def instruction_in_use(scorer: object, instruction: str | None) -> str | None:
+    """The instruction ``scorer`` scores a call with: the call's, else the scorer's ``instruction`` field, else the
+    model card's :data:`~qwen3_rerank_integrations.prompt.DEFAULT_INSTRUCTION`. A scorer without an
+    ``instruction`` field keeps None (its own default is part of its cache identity)."""
+    if instruction is not None or not hasattr(scorer, "instruction"):
+        return instruction
+    return getattr(scorer, "instruction") or DEFAULT_INSTRUCTION

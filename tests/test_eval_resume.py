@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from qwen3_rerank_integrations import LocalScorer
-from qwen3_rerank_integrations.cache import DiskScoreCache, key_instruction, score_keys
+from qwen3_rerank_integrations.cache import DiskScoreCache, score_keys
 from qwen3_rerank_integrations.evaluation import EvalConfig, load_beir, read_run, run_evaluation
+from qwen3_rerank_integrations.scorer import instruction_in_use
 from tests.test_eval import BEIR_MINI, hashed_first_stage, output_files
 
 INSTRUCTIONS = [None, "Given a question, retrieve passages that answer it"]
@@ -31,7 +32,7 @@ def cached_pairs(scorer: LocalScorer, output: Path, depth: int) -> dict[str, flo
         for query_id, query in data.queries.items():
             texts = [data.corpus[doc_id] for doc_id, _ in first[query_id][:depth]]
             for instruction in INSTRUCTIONS:
-                keys = score_keys(identity, key_instruction(scorer, instruction), query, texts)
+                keys = score_keys(identity, instruction_in_use(scorer, instruction), query, texts)
                 entries.update(zip(keys, cache.get_many(keys)))
     return entries
 

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from qwen3_rerank_integrations import LocalScorer, ModelLoadError
+from qwen3_rerank_integrations.model_source import ModelSource
 from qwen3_rerank_integrations.prompt import PromptEncoder
 from tests.reference import format_instruction, official_input_ids, reference_scores
 
@@ -268,7 +269,7 @@ def test_offline_hub_fails_at_once_and_says_why(monkeypatch):
     assert time.perf_counter() - started < 10
     # Online, a hub failure comes after retries: the message says how to skip them.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    online = LocalScorer("Qwen/Qwen3-Reranker-does-not-exist")._load_error("config", OSError("unreachable."))
+    online = ModelSource(model="Qwen/Qwen3-Reranker-does-not-exist").load_error("config", OSError("unreachable."))
     assert "then the Hugging Face hub): unreachable." in str(online)
     assert "modelscope" in str(online) and "set HF_HUB_OFFLINE=1 to get this error at once" in str(online)
 

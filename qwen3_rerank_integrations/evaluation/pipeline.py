@@ -26,11 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .._ranking import _scorer_errors
-from ..base import checked_scores
-from ..cache import ScoreCache, key_instruction, score_keys
+from ..base import score_validated
+from ..cache import ScoreCache, score_keys
 from ..errors import ModelLoadError
-from ..scorer import Scorer, validate_inputs
+from ..scorer import Scorer, instruction_in_use, scorer_errors, scorer_name, validate_inputs
 from .data import BeirData, Run, load_beir, ranked, read_run, write_atomic, write_run
 from .needs import require_packages
 from .report import DEFAULT_MEASURES, compute_metrics, markdown_table, parse_measures, render_chart
@@ -288,9 +287,9 @@ def _first_stage(
 
 
 def _sha256(path: Path) -> str:
-    from .._model_identity import _file_digest
+    from ..model_source import file_digest
 
-    return _file_digest(str(path)).hex()
+    return file_digest(str(path)).hex()
 
 
 def _data_digest(config: EvalConfig) -> str:
@@ -351,16 +350,16 @@ def rerank_calls(data: BeirData, first: Run, depth: int, instructions: Sequence[
 
 
 class _ScoreStore:
-    """The eval's view of the score cache: a call's scores, whole or not at all, keyed as CachedScorer keys
-    them (so the folder is an ordinary DiskScoreCache)."""
+    """The eval's view of the score cache: a call's scores, whole or not at all, keyed as a scorer's own
+    ``cache=`` keys them (so the folder is an ordinary DiskScoreCache)."""
 
     def __init__(self, scorer: Scorer, cache: ScoreCache) -> None:
         self.scorer, self.cache = scorer, cache
 
     def _keys(self, call: RerankCall) -> list[str]:
-        with _scorer_errors(self.scorer):  # a remote scorer asks its server once
+        with scorer_errors(self.scorer):  # a remote scorer asks its server once
             identity = self.scorer.cache_identity()  # type: ignore[attr-defined]
-        return score_keys(identity, key_instruction(self.scorer, call.instruction), call.query, call.documents)
+        return score_keys(identity, instruction_in_use(self.scorer, call.instruction), call.query, call.documents)
 
     def get(self, call: RerankCall) -> list[float] | None:
         """The call's scores if the cache holds every one of them (each a probability), else None."""
@@ -388,9 +387,7 @@ def _score_call(scorer: Scorer, call: RerankCall, store: _ScoreStore | None) -> 
         found = store.get(call)
         if found is not None:
             return found, True
-    with _scorer_errors(scorer):
-        answer = scorer.score(call.query, call.documents, instruction=call.instruction)
-    scores = checked_scores(scorer, answer, len(call.documents))
+    scores = score_validated(scorer, call.query, call.documents, call.instruction)
     if store is not None:
         store.put(call, scores)
     return scores, False
@@ -450,8 +447,8 @@ def run_evaluation(
         config: the data, first stage, instructions, depths and measures.
         scorer: what reranks: a LocalScorer, a VLLMScorer, a VLLMEngineScorer, or any Scorer.
         cache: persist scores in ``OUTPUT/score-cache`` and reuse them (resume); False scores everything anew.
-            The cache keys scores by the scorer's ``cache_identity()``, which the package's scorers have; wrap
-            another scorer in ``CachedScorer(scorer=..., identity={...})`` first, or pass False.
+            The cache keys scores by the scorer's ``cache_identity()``, which the package's scorers have; give
+            your own scorer one (a ScorerBase subclass, see Extending), or pass False.
         progress: progress bars (embedding, reranking) on stderr.
         log: where notices go (a reused first stage, queries without candidates); default nowhere.
 
@@ -488,8 +485,8 @@ def run_evaluation(
 
         if not callable(getattr(scorer, "cache_identity", None)):
             raise TypeError(f"{type(scorer).__name__} has no cache_identity(), so the score cache cannot tell its "
-                            "configurations apart: wrap it in CachedScorer(scorer=..., identity={...}), or pass "
-                            "cache=False")
+                            "configurations apart: implement cache_identity() (model, revision, every setting that "
+                            "changes a score; see Extending), or pass cache=False")
         # Each call is committed to disk as it returns: a killed run loses at most the call in flight. The key
         # holds the scorer's identity, so another model or setting never reuses a score.
         with DiskScoreCache(config.output / "score-cache") as disk:
@@ -531,9 +528,7 @@ def run_evaluation(
 
 
 def _reranker_name(scorer: object) -> str:
-    from ..base import scorer_name  # never a URL: it may carry credentials
-
-    return scorer_name(scorer)
+    return scorer_name(scorer)  # never a URL: it may carry credentials
 
 
 def _notes(
@@ -557,11 +552,11 @@ def _notes(
 
 def _describe_reranker(scorer: object) -> str:
     """The reranker as the notes name it: its model; for a server, the model and the server's address (never its
-    credentials); a CachedScorer as what it wraps."""
-    from .._model_identity import public_url
+    credentials); a wrapper (an object with a ``scorer`` that scores) as what it wraps."""
+    from .._secrets import public_url
 
     inner = getattr(scorer, "scorer", None)
-    if inner is not None and callable(getattr(inner, "score", None)):  # CachedScorer and other wrappers
+    if inner is not None and callable(getattr(inner, "score", None)):
         return _describe_reranker(inner)
     urls = getattr(scorer, "base_urls", None)
     if isinstance(urls, list) and urls and all(isinstance(url, str) for url in urls):

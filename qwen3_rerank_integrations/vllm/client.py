@@ -471,7 +471,7 @@ class VLLMScorer(ScorerBase):
         return await self._driver().arun(self._identity_plan())
 
     def _identity_plan(self) -> Plan[dict[str, Any]]:
-        from .._model_identity import public_url
+        from .._secrets import public_url
 
         context = self.max_length
         if context is None:

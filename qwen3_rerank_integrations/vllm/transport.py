@@ -686,7 +686,7 @@ class Driver:
         if isinstance(exc, httpx.DecodingError):
             return InvalidResponseError(f"{where} answered with a body that could not be decompressed: {detail}")
         if isinstance(exc, httpx.TimeoutException):
-            bound = (f"timeout= bounds the whole request, from connecting to the answer's last byte"
+            bound = ("timeout= bounds the whole request, from connecting to the answer's last byte"
                      if seconds >= self.settings.timeout else
                      f"cut to the {seconds:.3g}s left of deadline={self.settings.deadline:g}s")
             return TransientError(ServerTimeoutError(f"{where} timed out after {seconds:.3g}s ({bound}; {detail})"))
