@@ -19,7 +19,7 @@ from .errors import DeviceNotAvailableError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DTypeName", "resolve_device", "resolve_dtype", "npu_available"]
+__all__ = ["DTypeName", "resolve_device", "resolve_dtype", "npu_available", "empty_cache"]
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda|npu)(?::(\d+))?$")
@@ -102,3 +102,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         supported = getattr(torch.npu, "is_bf16_supported", None)  # type: ignore[attr-defined]
         return torch.bfloat16 if supported is None or supported() else torch.float16
     return torch.float32
+
+
+def empty_cache(device: torch.device) -> None:
+    """Return the device's cached free memory to it (CUDA, NPU, MPS); nothing on CPU."""
+    import torch
+
+    backend = getattr(torch, device.type, None)
+    if backend is not None and hasattr(backend, "empty_cache"):
+        backend.empty_cache()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from .base import ScorerBase
-from .devices import DTypeName, resolve_device, resolve_dtype
+from .devices import DTypeName, empty_cache, resolve_device, resolve_dtype
 from .errors import RerankError
 from .extras import require
 from .model_source import ModelSource, context_length
@@ -230,7 +230,7 @@ class LocalScorer(ScorerBase):
                     ) from exc
                 budget = max(longest, (size // 2) * longest)
                 logger.warning("out of memory at %d prompts x %d tokens; retrying with fewer", size, longest)
-                _empty_cache(self.torch_device)
+                empty_cache(self.torch_device)
                 continue
             for i, value in zip(chunk, batch_scores):
                 scores[i] = value
@@ -435,14 +435,6 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _empty_cache(device: torch.device) -> None:
-    import torch
-
-    backend = getattr(torch, device.type, None)
-    if backend is not None and hasattr(backend, "empty_cache"):
-        backend.empty_cache()
 
 
 def _progress_bar(total: int) -> Any:

@@ -302,7 +302,8 @@ def check_device(
         ModelLoadError: the model could not be loaded.
     """
     from .devices import resolve_dtype
-    from .local import LocalScorer, _empty_cache
+    from .devices import empty_cache
+    from .local import LocalScorer
 
     if max_abs_diff is not None:
         _check_thresholds(max_abs_diff, min_rank_agreement, min_top1_agreement)
@@ -320,7 +321,7 @@ def check_device(
     else:
         del on_device
         gc.collect()  # free the device copy before the CPU copy loads
-        _empty_cache(torch_device)
+        empty_cache(torch_device)
         reference = LocalScorer(model, device="cpu", dtype="float32", **scorer_options)
         reference_scores = _score_set(reference, pairs)
     return compare_scores(

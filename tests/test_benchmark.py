@@ -1,11 +1,9 @@
 """The local benchmark's parts that need no 0.6B-shaped model: the stand-in tokenizer, worker failures as typed
-errors, the CLI's exit code, the report table, and the thin benchmarks/local_scorer.py pointer."""
+errors, the CLI's exit code, the report table."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -64,9 +62,3 @@ def test_table_has_ratios_and_load_average():
     assert "load average=1.5 -> 2.25" in table
     local_row = table.splitlines()[-1].split()
     assert local_row[0] == "local_scorer" and local_row[5:7] == ["4.00", "2.00"]
-
-
-def test_benchmarks_script_forwards_to_the_cli():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/local_scorer.py"), "--help"],
-                          capture_output=True, text=True, check=True)
-    assert "--layers" in done.stdout and "Benchmark LocalScorer" in done.stdout
