@@ -179,11 +179,9 @@ class ScorerBase(LoadedStateModel):
     # ----------------------------------------------------------------------------------------- internals
     def _score_validated(self, query: str, docs: list[str], instruction: str | None) -> list[float]:
         """:meth:`score` after its argument checks: the cache, the backend, the answer's check."""
-        self._notice_changed_containers()
         if not docs:
             return []
-        used = self._instruction_for(instruction)
-        cache = self._score_cache()
+        used, cache = self._call_settings(instruction)
         if cache is None:
             return self._checked(self._score_texts(query, docs, used), len(docs))
         return cached_scores(
@@ -194,11 +192,9 @@ class ScorerBase(LoadedStateModel):
 
     async def _ascore_validated(self, query: str, docs: list[str], instruction: str | None) -> list[float]:
         """Async twin of :meth:`_score_validated`."""
-        self._notice_changed_containers()
         if not docs:
             return []
-        used = self._instruction_for(instruction)
-        cache = self._score_cache()
+        used, cache = self._call_settings(instruction)
         if cache is None:
             return self._checked(await self._ascore_texts(query, docs, used), len(docs))
 
@@ -206,6 +202,11 @@ class ScorerBase(LoadedStateModel):
             return self._checked(await self._ascore_texts(query, missing, used), len(missing))
 
         return await acached_scores(cache, self.acache_identity, query, docs, used, compute, scorer=self)
+
+    def _call_settings(self, instruction: str | None) -> tuple[str, ScoreCache | None]:
+        """What a call reads from the settings: the instruction it uses and the cache (None: off)."""
+        self._notice_changed_containers()  # a list/dict setting changed in place drops the loaded state first
+        return self._instruction_for(instruction), self._score_cache()
 
     def _instruction_for(self, instruction: str | None) -> str:
         return instruction_in_use(self, instruction) or DEFAULT_INSTRUCTION

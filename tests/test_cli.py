@@ -149,6 +149,13 @@ def test_read_documents_formats(tmp_path):
     assert read_documents(str(plain)) == ["{not json}", "second"]  # BOM and CRLF handled
 
 
+def test_a_documents_file_that_is_not_utf8_is_named_by_line(tmp_path):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("first\nsecond\nCaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt' line 3 is not UTF-8 text \(byte 0xe9"):
+        read_documents(str(latin))
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "exit_code", "fragment"),
     [

@@ -21,11 +21,15 @@ def read_documents(source: str, input_format: str = "auto") -> list[str]:
     """
     where = "stdin" if source == "-" else repr(source)
     try:
-        raw = sys.stdin.read() if source == "-" else Path(source).expanduser().read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"documents file {where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).expanduser().read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read documents file {where}: {exc.strerror or exc}") from exc
+    try:
+        raw = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # named by line, as an editor shows it, not by byte offset
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"documents file {where} line {number} is not UTF-8 text (byte 0x{data[exc.start]:02x}: "
+                         f"{exc.reason}); save it as UTF-8") from None
     lines = [(number, line) for number, line in enumerate(raw.lstrip("\ufeff").splitlines(), 1) if line.strip()]
     if not lines:
         raise ValueError(f"no documents in {where}: give one per line, or JSONL objects with a 'text' field")
