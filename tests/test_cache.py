@@ -10,53 +10,63 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+from pydantic import Field, PrivateAttr, ValidationError
 
 import qwen3_rerank_integrations
-from qwen3_rerank_integrations import DEFAULT_INSTRUCTION, LocalScorer, VLLMScorer
+from qwen3_rerank_integrations import DEFAULT_INSTRUCTION, LocalScorer, ScorerBase, VLLMScorer
+from qwen3_rerank_integrations._secrets import public_url
 from qwen3_rerank_integrations.cache import (
     ByteStoreScoreCache,
-    CachedScorer,
     DiskScoreCache,
     InMemoryScoreCache,
     cached_scores,
-    folder_fingerprint,
-    model_revision,
-    public_url,
     score_keys,
 )
 from qwen3_rerank_integrations.errors import ModelLoadError, RerankError
+from qwen3_rerank_integrations.model_source import folder_fingerprint, model_revision
 from tests.test_engine import fake_vllm  # noqa: F401  (the stand-in vllm module, a fixture)
 
 QUERY = "What is the capital of China?"
 
 
-class CountingScorer:
-    """A deterministic fake: records every inner call; the score depends on query, document and instruction."""
+class CountingScorer(ScorerBase):
+    """A deterministic fake backend: records every backend call; the score depends on query, document and
+    instruction. Cached through its own ``cache=`` field, as every ScorerBase backend is."""
 
-    def __init__(self, identity: dict[str, Any] | None = None, instruction: str | None = None) -> None:
-        self.instruction = instruction
-        self.identity = identity if identity is not None else {"backend": "fake", "model": "m1"}
-        self.calls: list[list[str]] = []
-        self.acalls: list[list[str]] = []
-        self.lock = threading.Lock()
+    identity: dict[str, Any] = Field(default_factory=lambda: {"backend": "fake", "model": "m1"},
+                                     description="What cache_identity() returns.")
+    # The call records are data to keep: a changed setting (identity=) must not wipe them as loaded state.
+    _carried_private: ClassVar[frozenset[str]] = frozenset({"_calls", "_acalls"})
+    _kept_on_change: ClassVar[frozenset[str]] = ScorerBase._kept_on_change | {"_calls_lock"}
+    _calls: list[list[str]] = PrivateAttr(default_factory=list)
+    _acalls: list[list[str]] = PrivateAttr(default_factory=list)
+    _calls_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     @staticmethod
     def value(query: str, doc: str, instruction: str | None) -> float:
         return (hash((query, doc, instruction)) % 10_007) / 10_007
 
-    def score(self, query: str, documents: list[str], *, instruction: str | None = None) -> list[float]:
-        with self.lock:
-            self.calls.append(list(documents))
-        used = instruction or self.instruction or DEFAULT_INSTRUCTION
-        return [self.value(query, doc, used) for doc in documents]
+    @property
+    def calls(self) -> list[list[str]]:
+        """The documents of each sync backend call, in order."""
+        return self._calls
 
-    async def ascore(self, query: str, documents: list[str], *, instruction: str | None = None) -> list[float]:
-        self.acalls.append(list(documents))
-        used = instruction or self.instruction or DEFAULT_INSTRUCTION
-        return [self.value(query, doc, used) for doc in documents]
+    @property
+    def acalls(self) -> list[list[str]]:
+        """The documents of each async backend call, in order."""
+        return self._acalls
+
+    def _score_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
+        with self._calls_lock:
+            self._calls.append(list(documents))
+        return [self.value(query, doc, instruction) for doc in documents]
+
+    async def _ascore_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
+        self._acalls.append(list(documents))
+        return [self.value(query, doc, instruction) for doc in documents]
 
     def cache_identity(self) -> dict[str, Any]:
         return dict(self.identity)
@@ -64,60 +74,68 @@ class CountingScorer:
 
 # ------------------------------------------------------------------------------------------ hits and misses
 def test_partial_hits_score_only_the_missing_documents_in_one_call():
-    inner = CountingScorer()
-    scorer = CachedScorer(scorer=inner)
+    scorer = CountingScorer(cache=True)
     first = scorer.score(QUERY, ["a", "b", "c"])
-    assert inner.calls == [["a", "b", "c"]]
-    assert scorer.stats.model_dump() == {"hits": 0, "misses": 3, "hit_rate": 0.0}
+    assert scorer.calls == [["a", "b", "c"]]
+    assert scorer.cache.stats.model_dump() == {"hits": 0, "misses": 3, "hit_rate": 0.0}
 
     second = scorer.score(QUERY, ["c", "d", "a", "e"])
-    assert inner.calls[1] == ["d", "e"]  # one inner call, only the missing ones, in input order
-    assert second == [first[2], inner.value(QUERY, "d", DEFAULT_INSTRUCTION), first[0],
-                      inner.value(QUERY, "e", DEFAULT_INSTRUCTION)]
-    assert (scorer.stats.hits, scorer.stats.misses) == (2, 5)
+    assert scorer.calls[1] == ["d", "e"]  # one backend call, only the missing ones, in input order
+    assert second == [first[2], scorer.value(QUERY, "d", DEFAULT_INSTRUCTION), first[0],
+                      scorer.value(QUERY, "e", DEFAULT_INSTRUCTION)]
+    assert (scorer.cache.stats.hits, scorer.cache.stats.misses) == (2, 5)
 
     assert scorer.score(QUERY, ["e", "b"]) == [second[3], first[1]]
-    assert len(inner.calls) == 2  # all hits: no inner call at all
-    assert scorer.stats.hit_rate == pytest.approx(4 / 9)
+    assert len(scorer.calls) == 2  # all hits: no backend call at all
+    assert scorer.cache.stats.hit_rate == pytest.approx(4 / 9)
 
 
 def test_duplicates_within_a_call_are_scored_once_and_every_position_answered():
-    inner = CountingScorer()
-    scorer = CachedScorer(scorer=inner)
+    scorer = CountingScorer(cache=True)
     docs = ["x", "y", "x", "", "y", "x", ""]
     scores = scorer.score(QUERY, docs)
-    assert inner.calls == [["x", "y", ""]]
-    assert scores == [inner.value(QUERY, d, DEFAULT_INSTRUCTION) for d in docs]
-    assert scorer.score(QUERY, []) == [] and len(inner.calls) == 1
+    assert scorer.calls == [["x", "y", ""]]
+    assert scores == [scorer.value(QUERY, d, DEFAULT_INSTRUCTION) for d in docs]
+    assert scorer.score(QUERY, []) == [] and len(scorer.calls) == 1
 
 
 def test_bad_input_is_refused_before_any_lookup():
-    inner = CountingScorer()
-    scorer = CachedScorer(scorer=inner)
+    scorer = CountingScorer(cache=True)
     with pytest.raises(TypeError, match="documents"):
         scorer.score(QUERY, "one string")
     with pytest.raises(ValueError, match="query"):
         scorer.score(" ", ["a"])
-    assert scorer.stats.hits + scorer.stats.misses == 0 and inner.calls == []
+    assert scorer.cache.stats.hits + scorer.cache.stats.misses == 0 and scorer.calls == []
 
 
-def test_scorer_without_cache_identity_needs_an_explicit_identity():
-    class Bare:
-        def score(self, query, documents, *, instruction=None):
+def test_cache_field_needs_a_cache_identity_the_key_can_encode():
+    """``cache=`` on a ScorerBase without ``cache_identity()`` is refused (made or assigned): nothing would tell
+    its configurations apart. (A scorer that only follows the Scorer protocol gets a cache by subclassing
+    ScorerBase with a ``cache_identity()``, as docs/cache.md says.)"""
+
+    class Bare(ScorerBase):
+        def _score_texts(self, query, documents, instruction):
             return [0.5] * len(documents)
 
-        async def ascore(self, query, documents, *, instruction=None):
-            return [0.5] * len(documents)
+    for cache in (True, InMemoryScoreCache()):
+        with pytest.raises((TypeError, ValidationError), match="has no cache_identity"):
+            Bare(cache=cache)
+    bare = Bare()
+    with pytest.raises((TypeError, ValidationError), match="has no cache_identity"):
+        bare.cache = True
+    assert bare.cache is None and bare.score(QUERY, ["a"]) == [0.5]  # refused: nothing changed; uncached it scores
 
-    with pytest.raises(TypeError, match="identity="):
-        CachedScorer(scorer=Bare())
-    with pytest.raises(TypeError, match="Scorer protocol"):
-        CachedScorer(scorer=object(), identity={"m": 1})
-    with pytest.raises(TypeError, match=r"identity\['weights'\] is a object"):
-        CachedScorer(scorer=Bare(), identity={"weights": object()})  # not something a key can encode
-    cached = CachedScorer(scorer=Bare(), identity={"model": "bare", "version": 2})
-    assert cached.score(QUERY, ["a"]) == [0.5]
-    assert cached.cache_identity()["identity"] == {"model": "bare", "version": 2}
+    class Identified(Bare):
+        weights: Any = Field(None, description="Anything; part of the identity.")
+
+        def cache_identity(self) -> dict[str, Any]:
+            return {"model": "bare", "version": 2, "weights": self.weights}
+
+    cached = Identified(cache=True)
+    assert cached.score(QUERY, ["a"]) == [0.5] and cached.score(QUERY, ["a"]) == [0.5]
+    assert (cached.cache.stats.hits, cached.cache.stats.misses) == (1, 1)
+    with pytest.raises(TypeError, match=r"\['weights'\] is a object"):
+        Identified(cache=True, weights=object()).score(QUERY, ["a"])  # not something a key can encode
 
 
 # ------------------------------------------------------------------------------------------ key parts
@@ -126,11 +144,10 @@ def _assert_all_miss(cache, identity, instruction, query, documents):
 
 
 def test_every_call_key_part_changed_misses():
-    inner = CountingScorer()
     cache = InMemoryScoreCache()
-    scorer = CachedScorer(scorer=inner, cache=cache)
+    scorer = CountingScorer(cache=cache)
     scorer.score(QUERY, ["doc"], instruction="Find answers")
-    identity = inner.cache_identity()
+    identity = scorer.cache_identity()
     assert cache.get_many(score_keys(identity, "Find answers", QUERY, ["doc"]))[0] is not None
     _assert_all_miss(cache, identity, "Find answers!", QUERY, ["doc"])  # instruction
     _assert_all_miss(cache, identity, "Find answers", QUERY + "?", ["doc"])  # query
@@ -140,23 +157,22 @@ def test_every_call_key_part_changed_misses():
     scorer.score("ab", ["c"])
     _assert_all_miss(cache, identity, DEFAULT_INSTRUCTION, "a", ["bc"])
 
-    calls = len(inner.calls)
+    calls = len(scorer.calls)
     scorer.score(QUERY, ["doc"], instruction="Find answers!")
     scorer.score(QUERY, ["doc"])  # the default instruction is a different instruction
-    inner.identity = {**identity, "model": "m2"}
+    scorer.identity = {**identity, "model": "m2"}  # a setting: the next call keys by the new identity
     scorer.score(QUERY, ["doc"], instruction="Find answers")
-    assert len(inner.calls) == calls + 3
+    assert len(scorer.calls) == calls + 3
 
 
 def test_default_instruction_is_keyed_as_the_instruction_actually_used():
-    inner = CountingScorer()
-    scorer = CachedScorer(scorer=inner)
+    scorer = CountingScorer(cache=True)
     scorer.score(QUERY, ["doc"])
     scorer.score(QUERY, ["doc"], instruction=DEFAULT_INSTRUCTION)  # the same instruction: a hit
-    assert len(inner.calls) == 1
-    inner.instruction = "Given a legal question, retrieve statutes"  # the scorer's default changes
-    assert scorer.score(QUERY, ["doc"]) == [inner.value(QUERY, "doc", inner.instruction)]
-    assert len(inner.calls) == 2
+    assert len(scorer.calls) == 1
+    scorer.instruction = "Given a legal question, retrieve statutes"  # the scorer's default changes
+    assert scorer.score(QUERY, ["doc"]) == [scorer.value(QUERY, "doc", scorer.instruction)]
+    assert len(scorer.calls) == 2
 
 
 def test_key_format_and_package_version_are_in_the_key(monkeypatch):
@@ -318,12 +334,12 @@ def test_vllm_server_context_is_part_of_the_identity(vllm_legacy_server):
 
 
 async def test_vllm_scorer_cached_sync_and_async_equal_uncached(vllm_legacy_server, documents):
-    async with VLLMScorer(vllm_legacy_server.base_url) as inner:
-        assert await inner.acache_identity() == inner.cache_identity()
-        cached = CachedScorer(scorer=inner)
-        unique = list(dict.fromkeys(documents))  # the same inner call, so bit for bit the same scores
-        expected = inner.score(QUERY, unique)
-        assert await cached.ascore(QUERY, unique) == expected
+    unique = list(dict.fromkeys(documents))  # the same backend call, so bit for bit the same scores
+    async with VLLMScorer(vllm_legacy_server.base_url) as plain:
+        expected = plain.score(QUERY, unique)
+    async with VLLMScorer(vllm_legacy_server.base_url, cache=True) as cached:
+        assert await cached.acache_identity() == cached.cache_identity()
+        assert await cached.ascore(QUERY, unique) == expected  # filled by the async twin
         requests = len(vllm_legacy_server.scoring_requests())
         assert cached.score(QUERY, unique) == expected  # all from the cache
         assert len(vllm_legacy_server.scoring_requests()) == requests
@@ -357,6 +373,8 @@ def test_local_scorer_cached_equals_uncached_and_scores_only_missing(local_score
     unique = list(dict.fromkeys(documents))
     uncached = local_scorer.score(QUERY, unique)
     by_text = dict(zip(unique, uncached))
+    extra = ["Shanghai is the largest city in China.", documents[0]]
+    uncached_extra = local_scorer.score(QUERY, extra)
     prompts: list[int] = []
     original = LocalScorer._score_ids
 
@@ -365,18 +383,18 @@ def test_local_scorer_cached_equals_uncached_and_scores_only_missing(local_score
         return original(self, ids)
 
     monkeypatch.setattr(LocalScorer, "_score_ids", spy)
-    cached = CachedScorer(scorer=local_scorer)
-    assert cached.score(QUERY, unique) == uncached  # the same inner call: bit for bit
+    monkeypatch.setattr(local_scorer, "cache", InMemoryScoreCache())  # read by every call: the model stays loaded
+    cached = local_scorer
+    assert cached.score(QUERY, unique) == uncached  # the same backend call: bit for bit
     assert prompts == [len(unique)]
     assert cached.score(QUERY, documents) == [by_text[d] for d in documents]  # all hits, the duplicate too
     assert prompts == [len(unique)]
 
-    extra = ["Shanghai is the largest city in China.", documents[0]]
     mixed = cached.score(QUERY, extra + documents[:3])
     assert prompts[1:] == [1]  # only the new document reached the model
     assert mixed[1:] == [by_text[d] for d in (documents[0], *documents[:3])]
     assert mixed[0] == pytest.approx(reference_scorer.score(QUERY, extra)[0], abs=1e-5)
-    assert mixed[0] == pytest.approx(local_scorer.score(QUERY, extra)[0], abs=1e-6)
+    assert mixed[0] == pytest.approx(uncached_extra[0], abs=1e-6)
 
 
 def test_a_changed_model_folder_misses_and_a_loaded_model_keeps_its_revision(tiny_model_dir, tmp_path):
@@ -386,10 +404,9 @@ def test_a_changed_model_folder_misses_and_a_loaded_model_keeps_its_revision(tin
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     cache = InMemoryScoreCache()
-    old = LocalScorer(str(folder), device="cpu", dtype="float32").load()
-    cached_old = CachedScorer(scorer=old, cache=cache)
+    old = LocalScorer(str(folder), device="cpu", dtype="float32", cache=cache).load()
     docs = ["Beijing is the capital of China.", "Gravity pulls."]
-    old_scores = cached_old.score(QUERY, docs)
+    old_scores = old.score(QUERY, docs)
     old_identity = old.cache_identity()
 
     weights = folder / "model.safetensors"
@@ -398,14 +415,15 @@ def test_a_changed_model_folder_misses_and_a_loaded_model_keeps_its_revision(tin
     torch.manual_seed(1)
     save_file({name: torch.randn_like(t) * 0.1 for name, t in tensors.items()}, weights, metadata={"format": "pt"})
 
-    new = LocalScorer(str(folder), device="cpu", dtype="float32")
-    new_scores = CachedScorer(scorer=new, cache=cache).score(QUERY, docs)
+    new = LocalScorer(str(folder), device="cpu", dtype="float32", cache=cache)
+    new_scores = new.score(QUERY, docs)
     assert new.cache_identity()["revision"] != old_identity["revision"]
-    assert new_scores == new.score(QUERY, docs) and new_scores != old_scores  # computed, not the old weights'
+    uncached_new = LocalScorer(str(folder), device="cpu", dtype="float32").score(QUERY, docs)
+    assert new_scores == uncached_new and new_scores != old_scores  # computed, not the old weights'
     # The scorer that still holds the old weights keeps their revision: it still hits its own scores.
     assert old.cache_identity() == old_identity
     hits = cache.stats.hits
-    assert cached_old.score(QUERY, docs) == old_scores and cache.stats.hits == hits + 2
+    assert old.score(QUERY, docs) == old_scores and cache.stats.hits == hits + 2
 
 
 # ------------------------------------------------------------------------------------------ identity moving
@@ -413,24 +431,24 @@ def test_identity_that_changes_while_computing_never_returns_stale_scores():
     class Reloading(CountingScorer):
         """Its first compute 'loads' a newer revision than the one the cache was filled under."""
 
-        def score(self, query, documents, *, instruction=None):
+        def _score_texts(self, query, documents, instruction):
             self.identity = {"backend": "fake", "model": "m1", "revision": "new"}
-            return [s / 2 + 0.5 for s in super().score(query, documents, instruction=instruction)]
+            return [s / 2 + 0.5 for s in super()._score_texts(query, documents, instruction)]
 
-    inner = Reloading(identity={"backend": "fake", "model": "m1", "revision": "old"})
     cache = InMemoryScoreCache()
-    stale = dict.fromkeys(score_keys(inner.cache_identity(), DEFAULT_INSTRUCTION, QUERY, ["a"]), 0.0)
+    scorer = Reloading(identity={"backend": "fake", "model": "m1", "revision": "old"}, cache=cache)
+    stale = dict.fromkeys(score_keys(scorer.cache_identity(), DEFAULT_INSTRUCTION, QUERY, ["a"]), 0.0)
     cache.set_many(stale)  # "a" was scored under the old revision
-    scores = CachedScorer(scorer=inner, cache=cache).score(QUERY, ["a", "b"])
-    assert inner.calls == [["b"], ["a"]]  # the stale "a" was looked up again under the new revision
-    assert scores == [inner.value(QUERY, d, DEFAULT_INSTRUCTION) / 2 + 0.5 for d in ("a", "b")]
+    scores = scorer.score(QUERY, ["a", "b"])
+    assert scorer.calls == [["b"], ["a"]]  # the stale "a" was looked up again under the new revision
+    assert scores == [scorer.value(QUERY, d, DEFAULT_INSTRUCTION) / 2 + 0.5 for d in ("a", "b")]
 
 
 def test_identity_that_never_settles_is_an_error():
     class Restless(CountingScorer):
         """Its identity flips on every look: no round of lookups and scores ever belongs to one configuration."""
 
-        ticks = itertools.count()
+        ticks: ClassVar[Any] = itertools.count()
 
         def cache_identity(self):
             return {"rev": next(self.ticks) % 2}
@@ -438,7 +456,7 @@ def test_identity_that_never_settles_is_an_error():
     cache = InMemoryScoreCache()
     cache.set_many(dict.fromkeys(score_keys({"rev": 0}, DEFAULT_INSTRUCTION, QUERY, ["a"]), 0.5))
     with pytest.raises(RerankError, match="changed every time"):
-        CachedScorer(scorer=Restless(), cache=cache).score(QUERY, ["a", "b", "c"])
+        Restless(cache=cache).score(QUERY, ["a", "b", "c"])
 
 
 # ------------------------------------------------------------------------------------------ stores
@@ -455,14 +473,13 @@ def test_in_memory_lru_evicts_the_least_recently_used():
 
 
 def test_disk_cache_persists_across_instances_exactly(tmp_path):
-    inner = CountingScorer()
     docs = ["a", "b", "c"]
     with DiskScoreCache(tmp_path / "scores") as cache:
-        first = CachedScorer(scorer=inner, cache=cache).score(QUERY, docs)
+        first = CountingScorer(cache=cache).score(QUERY, docs)
     second_cache = DiskScoreCache(directory=str(tmp_path / "scores"))
-    second = CachedScorer(scorer=CountingScorer(), cache=second_cache)
+    second = CountingScorer(cache=second_cache)
     assert second.score(QUERY, docs) == first  # exact doubles
-    assert second.scorer.calls == [] and second.stats.hits == 3
+    assert second.calls == [] and second.cache.stats.hits == 3
     second_cache.clear()
     assert len(second_cache) == 0
     second_cache.close()
@@ -499,10 +516,9 @@ def test_byte_store_cache_stores_exact_doubles_and_clears_only_its_keys():
     store = InMemoryByteStore()
     store.mset([("unrelated", b"keep me")])
     cache = ByteStoreScoreCache(store=store)
-    inner = CountingScorer()
-    scorer = CachedScorer(scorer=inner, cache=cache)
+    scorer = CountingScorer(cache=cache)
     first = scorer.score(QUERY, ["a", "b"])
-    assert scorer.score(QUERY, ["b", "a"]) == first[::-1] and len(inner.calls) == 1
+    assert scorer.score(QUERY, ["b", "a"]) == first[::-1] and len(scorer.calls) == 1
     ours = list(store.yield_keys(prefix="qwen3-rerank-score-v1-"))
     assert len(ours) == 2 and all(len(v) == 8 for v in store.mget(ours))
     store.mset([(ours[0], b"not a double")])  # a damaged entry is a miss, never a score
@@ -514,18 +530,17 @@ def test_byte_store_cache_stores_exact_doubles_and_clears_only_its_keys():
 
 
 # ------------------------------------------------------------------------------------------ async
-async def test_async_uses_inner_ascore_and_agrees_with_sync(tmp_path):
+async def test_async_uses_the_backends_async_path_and_agrees_with_sync(tmp_path):
     from langchain_core.stores import InMemoryByteStore
 
     for cache in (InMemoryScoreCache(), DiskScoreCache(tmp_path / "d"), ByteStoreScoreCache(store=InMemoryByteStore())):
-        inner = CountingScorer()
-        scorer = CachedScorer(scorer=inner, cache=cache)
+        scorer = CountingScorer(cache=cache)
         first = await scorer.ascore(QUERY, ["a", "b", "a"])
-        assert inner.acalls == [["a", "b"]] and inner.calls == []
-        assert await scorer.ascore(QUERY, ["b", "c"]) == [first[1], inner.value(QUERY, "c", DEFAULT_INSTRUCTION)]
-        assert inner.acalls[1] == ["c"]
+        assert scorer.acalls == [["a", "b"]] and scorer.calls == []
+        assert await scorer.ascore(QUERY, ["b", "c"]) == [first[1], scorer.value(QUERY, "c", DEFAULT_INSTRUCTION)]
+        assert scorer.acalls[1] == ["c"]
         assert scorer.score(QUERY, ["a", "b", "c"]) == await scorer.ascore(QUERY, ["a", "b", "c"])
-        assert inner.calls == []
+        assert scorer.calls == []
 
 
 async def test_async_disk_io_runs_off_the_event_loop(tmp_path, monkeypatch):
@@ -538,58 +553,53 @@ async def test_async_disk_io_runs_off_the_event_loop(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DiskScoreCache, "_get_many", spy)
     with DiskScoreCache(tmp_path) as cache:
-        await CachedScorer(scorer=CountingScorer(), cache=cache).ascore(QUERY, ["a"])
+        await CountingScorer(cache=cache).ascore(QUERY, ["a"])
     assert threads and threading.main_thread().name not in threads
 
 
 async def test_concurrent_async_calls_agree():
-    inner = CountingScorer()
-    scorer = CachedScorer(scorer=inner)
+    scorer = CountingScorer(cache=True)
     docs = [[f"d{(i * 7 + j) % 15}" for j in range(6)] for i in range(30)]
     results = await asyncio.gather(*(scorer.ascore(QUERY, d) for d in docs))
     for d, r in zip(docs, results):
-        assert r == [inner.value(QUERY, x, DEFAULT_INSTRUCTION) for x in d]
+        assert r == [scorer.value(QUERY, x, DEFAULT_INSTRUCTION) for x in d]
 
 
 # ------------------------------------------------------------------------------------------ threads
 def test_thread_safe_under_concurrent_calls_with_eviction():
-    inner = CountingScorer()
     cache = InMemoryScoreCache(max_entries=20)  # small: evictions race with lookups
-    scorer = CachedScorer(scorer=inner, cache=cache)
+    scorer = CountingScorer(cache=cache)
     # Each call shares 7 documents with the one before it, so even taken one at a time the calls hit.
     calls = [[f"doc {(i * 3 + j) % 60}" for j in range(10)] for i in range(400)]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda docs: scorer.score(QUERY, docs), calls))
     for docs, scores in zip(calls, results):
-        assert scores == [inner.value(QUERY, d, DEFAULT_INSTRUCTION) for d in docs]
+        assert scores == [scorer.value(QUERY, d, DEFAULT_INSTRUCTION) for d in docs]
     assert cache.stats.hits + cache.stats.misses == sum(len(set(d)) for d in calls)
     assert cache.stats.hits > 0 and len(cache) <= 20
-    assert sum(len(c) for c in inner.calls) == cache.stats.misses
+    assert sum(len(c) for c in scorer.calls) == cache.stats.misses
 
 
 # ------------------------------------------------------------------------------------------ failures
-def test_inner_errors_propagate_unchanged_and_nothing_is_stored():
+def test_backend_errors_propagate_unchanged_and_nothing_is_stored():
     class Failing(CountingScorer):
-        def __init__(self, error: Exception) -> None:
-            super().__init__()
-            self.error = error
+        error: Any = Field(None, description="Raised for a call that has the document 'poison'.")
 
-        def score(self, query, documents, *, instruction=None):
+        def _score_texts(self, query, documents, instruction):
             if "poison" in documents:
                 raise self.error
-            return super().score(query, documents, instruction=instruction)
+            return super()._score_texts(query, documents, instruction)
 
     error = ModelLoadError("weights missing")
-    inner = Failing(error)
     cache = InMemoryScoreCache()
-    scorer = CachedScorer(scorer=inner, cache=cache)
+    scorer = Failing(error=error, cache=cache)
     scorer.score(QUERY, ["ok"])
     with pytest.raises(ModelLoadError) as caught:
         scorer.score(QUERY, ["fine", "poison"])
     assert caught.value is error
     assert len(cache) == 1  # "fine" was not stored: the call failed as a whole
-    assert scorer.score(QUERY, ["fine"]) and inner.calls[-1] == ["fine"]
+    assert scorer.score(QUERY, ["fine"]) and scorer.calls[-1] == ["fine"]
 
 
 @pytest.mark.parametrize(
@@ -600,14 +610,14 @@ def test_inner_errors_propagate_unchanged_and_nothing_is_stored():
         ([0.5, 3.0], r"outside \[0, 1\]"),
     ],
 )
-def test_a_wrong_inner_answer_is_an_error_and_is_not_stored(answer, match):
+def test_a_wrong_backend_answer_is_an_error_and_is_not_stored(answer, match):
     class Wrong(CountingScorer):
-        def score(self, query, documents, *, instruction=None):
+        def _score_texts(self, query, documents, instruction):
             return list(answer)
 
     cache = InMemoryScoreCache()
     with pytest.raises(RerankError, match=match):
-        CachedScorer(scorer=Wrong(), cache=cache).score(QUERY, ["a", "b"])
+        Wrong(cache=cache).score(QUERY, ["a", "b"])
     assert len(cache) == 0
 
 
@@ -625,17 +635,17 @@ def test_cached_scores_takes_a_fixed_identity_and_a_compute_function():
     assert computed == [["a", "b"], ["c"]]
 
 
-def test_langchain_compressor_accepts_a_cached_scorer():
+def test_langchain_compressor_with_a_caching_scorer_scores_each_pair_once():
     from langchain_core.documents import Document
 
     from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
 
-    inner = CountingScorer()
-    compressor = Qwen3RerankCompressor(scorer=CachedScorer(scorer=inner), top_n=2)
+    scorer = CountingScorer(cache=True)
+    compressor = Qwen3RerankCompressor(scorer=scorer, top_n=2)
     docs = [Document(page_content=t) for t in ("a", "b", "c")]
     first = compressor.compress_documents(docs, QUERY)
     assert compressor.compress_documents(docs, QUERY) == first
-    assert inner.calls == [["a", "b", "c"]]
+    assert scorer.calls == [["a", "b", "c"]]
 
 
 # ------------------------------------------------------------------------------------------ cache= on the backends
@@ -730,18 +740,46 @@ def test_cache_field_never_returns_another_configurations_score(kind, tiny_model
     assert store.stats.hits == 4  # the unchanged scorer's and the copied folder's lookups only
 
 
-def test_cache_field_and_cached_scorer_share_entries(tiny_model_dir, monkeypatch):
+def test_the_evals_score_cache_folder_and_a_scorers_cache_field_share_entries(tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    """The eval keys ``DIR/score-cache`` as a scorer's own ``cache=`` keys a pair: what a scorer given that
+    folder stored, the eval reuses; what the eval stored, the scorer hits."""
+    from qwen3_rerank_integrations.evaluation import EvalConfig, load_beir, read_run, run_evaluation
+    from tests.test_eval import BEIR_MINI, hashed_first_stage
+
     calls: list[list[str]] = []
 
     def fake_score_texts(self, query, documents, instruction):
         calls.append(list(documents))
-        return [0.5] * len(documents)
+        return [(hash((query, doc, instruction)) % 10_007) / 10_007 for doc in documents]
 
     monkeypatch.setattr(LocalScorer, "_score_texts", fake_score_texts)
-    store = InMemoryScoreCache()
-    LocalScorer(str(tiny_model_dir), device="cpu", cache=store).score(QUERY, ["a", "b"])
-    wrapped = CachedScorer(scorer=LocalScorer(str(tiny_model_dir), device="cpu"), cache=store)
-    assert wrapped.score(QUERY, ["a", "b"]) == [0.5, 0.5] and calls == [["a", "b"]]
+    instructions = [None, "Find answers"]
+    config = EvalConfig(data=BEIR_MINI, output=tmp_path / "out", run_file=hashed_first_stage(tmp_path / "first.trec"),
+                        top_k=[3], instructions=instructions)
+    data = load_beir(BEIR_MINI)
+    first = read_run(config.run_file, data.corpus)
+    (first_id, first_query), (second_id, second_query) = list(data.queries.items())[:2]
+
+    def candidates(query_id: str) -> list[str]:
+        return list(dict.fromkeys(data.corpus[doc_id] for doc_id, _ in first[query_id][:3]))
+
+    with DiskScoreCache(config.output / "score-cache") as folder:  # a scorer fills one query's calls first
+        scorer = LocalScorer(str(tiny_model_dir), device="cpu", cache=folder)
+        for instruction in instructions:
+            scorer.score(first_query, candidates(first_id), instruction=instruction)
+    notices: list[str] = []
+    report = run_evaluation(config, LocalScorer(str(tiny_model_dir), device="cpu"), log=notices.append)
+    held = 2 * len(candidates(first_id))
+    assert report.pairs_cached == held and f"the score cache holds {held} of {report.pairs} pairs" in " ".join(notices)
+
+    scored = len(calls)
+    with DiskScoreCache(config.output / "score-cache") as folder:  # and the eval's entries answer the scorer
+        scorer = LocalScorer(str(tiny_model_dir), device="cpu", cache=folder)
+        for instruction in instructions:
+            scorer.score(second_query, candidates(second_id), instruction=instruction)
+        assert len(calls) == scored and folder.stats.misses == 0
+        assert folder.stats.hits == 2 * len(candidates(second_id))
 
 
 def test_adapters_from_model_pass_cache_to_the_scorer(tiny_model_dir):
