@@ -2,8 +2,9 @@
 
 A store shared with other code (a LangChain ByteStore), a disk cache written by another version or a damaged
 entry could hold 5.0 or -0.25; those came back from score() as the score (only non-finite ones were refused).
-Now such an entry is a miss: the pair is scored again, the entry overwritten, and a warning says so. Checked on
-both cache paths (a backend's ``cache=`` field and ``CachedScorer``), sync and async, on every store.
+Now such an entry is a miss: the pair is scored again, the entry overwritten, and a warning says so. Checked
+through both ways a call reaches a backend's ``cache=`` field (``scorer.score`` and ``rerank()``, which the
+adapters call and which skips the scorer's own argument checks), sync and async, on every store.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import pytest
 
 from qwen3_rerank_integrations import (
     ByteStoreScoreCache,
-    CachedScorer,
     DiskScoreCache,
     InMemoryScoreCache,
     ScorerBase,
+    arerank,
+    rerank,
 )
 from qwen3_rerank_integrations.cache import score_keys
 from qwen3_rerank_integrations.prompt import DEFAULT_INSTRUCTION
@@ -46,7 +48,7 @@ _asked: list[str] = []
 
 
 def _keys(documents: list[str]) -> list[str]:
-    # Both paths key a pair the same way (the README's promise), so one set of planted entries serves both.
+    # The keys a Constant(cache=...) looks a pair up under.
     return score_keys({"backend": "constant"}, DEFAULT_INSTRUCTION, QUERY, documents)
 
 
@@ -83,7 +85,15 @@ def _bad_values(kind: str) -> list[Any]:
     return [*BAD_FLOATS[:-1], 1, "0.5"]  # SQLite keeps no NaN (it stores NULL: an absent entry)
 
 
-@pytest.mark.parametrize("path", ["cache field", "CachedScorer"])
+def _scores(path: str, run: str, scorer: ScorerBase, documents: list[str]) -> list[float]:
+    """The scores of one call, in input order, through ``path``: the scorer's own method or the ranking."""
+    if path == "score":
+        return scorer.score(QUERY, documents) if run == "sync" else asyncio.run(scorer.ascore(QUERY, documents))
+    ranked = rerank(scorer, QUERY, documents) if run == "sync" else asyncio.run(arerank(scorer, QUERY, documents))
+    return [score for _, score in sorted(ranked)]
+
+
+@pytest.mark.parametrize("path", ["score", "rerank"])
 @pytest.mark.parametrize("run", ["sync", "async"])
 @pytest.mark.parametrize("kind", ["memory", "bytestore", "disk"])
 def test_an_invalid_hit_is_a_miss_rescored_and_overwritten(kind, run, path, tmp_path, caplog):
@@ -91,11 +101,11 @@ def test_an_invalid_hit_is_a_miss_rescored_and_overwritten(kind, run, path, tmp_
     bad = _bad_values(kind)
     documents = _plant(cache, bad)
     good = _plant_good(cache)
-    scorer = Constant(cache=cache) if path == "cache field" else CachedScorer(scorer=Constant(), cache=cache)
+    scorer = Constant(cache=cache)
     _asked.clear()
     call = [*documents, good]
     with caplog.at_level(logging.WARNING, logger="qwen3_rerank_integrations.cache"):
-        scores = scorer.score(QUERY, call) if run == "sync" else asyncio.run(scorer.ascore(QUERY, call))
+        scores = _scores(path, run, scorer, call)
     assert scores == [FRESH] * len(documents) + [0.25]  # never a planted value; the valid hit is kept
     assert _asked == documents  # every invalid entry was scored again, the valid one was not
     assert cache.get_many(_keys(documents)) == [FRESH] * len(documents)  # and overwritten
