@@ -19,7 +19,6 @@ import pytest
 
 from qwen3_rerank_integrations import (
     ByteStoreScoreCache,
-    CachedScorer,
     DiskScoreCache,
     InMemoryScoreCache,
     LocalScorer,
@@ -111,13 +110,13 @@ def test_vllm_engine_scorer_travels_without_its_engine(fake_vllm, tiny_model_dir
     assert len(FakeLLM.created) == 2 and FakeLLM.created[1].kwargs["hf_token"] == HEADER  # its own engine
 
 
-def test_cached_scorer_with_a_disk_cache_reopens_the_folder(tiny_model_dir, tmp_path):
-    scorer = CachedScorer(scorer=_local(tiny_model_dir), cache=DiskScoreCache(tmp_path / "scores"))
+def test_local_scorer_with_a_disk_cache_reopens_the_folder(tiny_model_dir, tmp_path):
+    scorer = _local(tiny_model_dir, cache=DiskScoreCache(tmp_path / "scores"))
     expected = scorer.score(QUERY, DOCS)
     restored = trip(scorer)
     assert restored.cache.directory == scorer.cache.directory and restored.cache._db is None
     assert restored.score(QUERY, DOCS) == expected
-    assert not restored.scorer.loaded  # all hits, read from the same folder
+    assert not restored.loaded  # all hits, read from the same folder
     scorer.cache.close()
     restored.cache.close()
 
@@ -203,7 +202,7 @@ def test_scorers_and_adapters_work_in_a_spawned_process(tiny_model_dir, vllm_leg
 
     vllm_legacy_server.api_key = KEY
     local = _local(tiny_model_dir).load()
-    cached = CachedScorer(scorer=local.model_copy(), cache=InMemoryScoreCache())
+    cached = local.model_copy(update={"cache": InMemoryScoreCache()})
     remote = VLLMScorer(vllm_legacy_server.base_url, api_key=KEY, backoff=0.001)
     objects = (local, cached, Qwen3RerankCompressor(scorer=local, top_n=None), remote)
     expected = local.score(QUERY, DOCS)

@@ -18,7 +18,6 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from qwen3_rerank_integrations import (
-    CachedScorer,
     DiskScoreCache,
     InMemoryScoreCache,
     LocalScorer,
@@ -274,20 +273,24 @@ def test_vllm_model_copy_moves_url_credentials_out_of_sight():
     assert "pw-s3cret" not in str(bad.value)
 
 
-# ------------------------------------------------------------------------------------------------ CachedScorer, caches
-def test_cached_scorer_settings_are_validated_and_read_by_every_call(tiny_model_dir):
-    inner = _local(tiny_model_dir)
-    cached = CachedScorer(scorer=inner)
-    first = cached.score(QUERY, DOCS)
-    with pytest.raises(TypeError, match="score\\(\\) and ascore\\(\\)"):
-        cached.scorer = object()
-    assert cached.scorer is inner  # refused: nothing changed
-    with pytest.raises(ValidationError, match="cache"):
-        cached.model_copy(update={"cache": "not a cache"})
-    cached.scorer = inner.model_copy(update={"max_length": 120})  # another configuration: its own entries
-    assert cached.score(QUERY, DOCS) == _local(tiny_model_dir, max_length=120).score(QUERY, DOCS) != first
-    inner.max_length = 120  # the inner scorer's own change reaches the wrapper's keys too
-    assert cached.cache_identity()["max_length"] == 120
+# ------------------------------------------------------------------------------------------------ the cache field, caches
+def test_cache_field_is_validated_read_by_every_call_and_keyed_by_the_current_settings(tiny_model_dir):
+    scorer = _local(tiny_model_dir, cache=True)
+    cache = scorer.cache
+    first = scorer.score(QUERY, DOCS)
+    with pytest.raises((TypeError, ValidationError), match="cache must be"):
+        scorer.cache = "not a cache"
+    assert scorer.cache is cache  # refused: nothing changed
+    with pytest.raises((TypeError, ValidationError), match="cache"):
+        scorer.model_copy(update={"cache": "not a cache"})
+    assert scorer.loaded
+    scorer.cache = InMemoryScoreCache()  # read by every call: the model stays loaded
+    assert scorer.loaded and scorer.score(QUERY, DOCS) == first and scorer.cache.stats.misses == len(DOCS)
+    scorer.cache = cache
+    scorer.max_length = 120  # another configuration: its own entries, not the old ones
+    assert scorer.cache is cache and scorer.cache_identity()["max_length"] == 120
+    assert scorer.score(QUERY, DOCS) == _local(tiny_model_dir, max_length=120).score(QUERY, DOCS) != first
+    assert cache.stats.misses == 2 * len(DOCS)
 
 
 def test_disk_cache_directory_changed_after_use_is_the_one_written(tmp_path):
@@ -316,12 +319,11 @@ def test_in_memory_cache_copies_are_independent():
         cache.max_entries = 0
 
 
-def test_async_cached_scorer_after_the_inner_scorer_changed(tiny_model_dir):
-    inner = _local(tiny_model_dir)
-    cached = CachedScorer(scorer=inner)
-    asyncio.run(cached.ascore(QUERY, DOCS))
-    inner.max_length = 120
-    assert asyncio.run(cached.ascore(QUERY, DOCS)) == _local(tiny_model_dir, max_length=120).score(QUERY, DOCS)
+def test_async_cache_field_after_a_setting_changed(tiny_model_dir):
+    scorer = _local(tiny_model_dir, cache=True)
+    asyncio.run(scorer.ascore(QUERY, DOCS))
+    scorer.max_length = 120
+    assert asyncio.run(scorer.ascore(QUERY, DOCS)) == _local(tiny_model_dir, max_length=120).score(QUERY, DOCS)
 
 
 # ------------------------------------------------------------------------------------------------ the docs page
