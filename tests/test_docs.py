@@ -84,12 +84,15 @@ def test_quickstart_is_the_same_on_both_pages_and_runs(hub_model_is_the_tiny_mod
 
 def test_score_cache_page_runs_and_prints_what_its_comments_say(hub_model_is_the_tiny_model, tmp_path, monkeypatch,
                                                                 capsys):
-    from qwen3_rerank_integrations import CachedScorer
+    from qwen3_rerank_integrations import ByteStoreScoreCache, DiskScoreCache, InMemoryScoreCache
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))  # the page's DiskScoreCache("~/.cache/...") lands here
     with run_blocks(blocks_to_run(ROOT / "docs/cache.md", "cache"), "docs_cache") as namespace:
-        assert isinstance(namespace["scorer"], CachedScorer)
+        assert isinstance(namespace["scorer"].cache, InMemoryScoreCache)  # cache=True
+        assert namespace["in_memory"].cache.max_entries == 1_000_000
+        assert isinstance(namespace["on_disk"].cache, DiskScoreCache)
+        assert isinstance(namespace["in_store"].cache, ByteStoreScoreCache)
     assert "hits=1 misses=3 hit_rate=0.25" in capsys.readouterr().out  # as the page's comment says
 
 
@@ -127,7 +130,7 @@ def test_site_builds_strict_with_the_api_reference(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     reference = (site / "reference/index.html").read_text("utf-8")
     for name in ("LocalScorer", "VLLMScorer", "Qwen3RerankCompressor", "Qwen3RerankPostprocessor", "ScorerBase",
-                 "CachedScorer", "RerankError"):
+                 "DiskScoreCache", "RerankError"):
         assert re.search(rf'id="qwen3_rerank_integrations\.(?:\w+\.)*{name}"', reference), name
     # The benchmark log is included from benchmarks/README.md, and the evaluation sample's chart is shipped.
     assert "Full size (28 layers of the 0.6B shape" in (site / "benchmarks/index.html").read_text("utf-8")
