@@ -10,7 +10,7 @@ attributes. :class:`LoadedStateModel` keeps the two consistent:
   next call rebuilds it from the new settings. Fields named in ``_per_call_settings`` are read afresh by every
   call, so changing them drops nothing.
 - **A copy never shares loaded state.** ``copy.copy``, ``model_copy()`` and ``copy.deepcopy`` give an object that
-  loads its own (a shallow copy shares the *settings'* objects: the same score cache, the same inner scorer).
+  loads its own (a shallow copy shares the *settings'* objects: the same score cache).
 - **A pickle holds settings only.** No model, client, lock or handle: the unpickled object reloads lazily on
   first use. Secrets stay ``SecretStr`` (kept, never shown).
 

@@ -238,7 +238,7 @@ class InMemoryScoreCache(ScoreCache):
     """A thread-safe LRU in this process: the least recently used score goes first once it is full.
 
     Example:
-        >>> scorer = CachedScorer(scorer=LocalScorer("Qwen/Qwen3-Reranker-0.6B"), cache=InMemoryScoreCache())
+        >>> scorer = LocalScorer("Qwen/Qwen3-Reranker-0.6B", cache=InMemoryScoreCache(max_entries=10_000))
     """
 
     max_entries: int = Field(100_000, gt=0, description="Most scores kept (about 200 bytes each).")
