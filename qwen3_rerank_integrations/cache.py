@@ -204,7 +204,7 @@ class ScoreCache(LoadedStateModel, ABC):
 
     def _counted(self, values: list[Any]) -> list[float | None]:
         # Anything but a float in [0, 1] (a foreign, damaged or out-of-range entry) is a miss, never a score:
-        # the same check a fresh score gets (base.checked_scores). NaN fails the range test too.
+        # the same check a fresh score gets (scorer.checked_scores). NaN fails the range test too.
         checked = [v if type(v) is float and 0.0 <= v <= 1.0 else None for v in values]
         hits = sum(v is not None for v in checked)
         invalid = sum(v is not None for v in values) - hits
