@@ -26,10 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..base import score_validated
-from ..cache import ScoreCache, score_keys
+from ..batch import GroupCache, RayOptions, ScoreGroup, score_groups
+from ..cache import ScoreCache
 from ..errors import ModelLoadError
-from ..scorer import Scorer, instruction_in_use, scorer_errors, scorer_name, validate_inputs
+from ..scorer import Scorer, scorer_name, validate_inputs
 from .data import BeirData, Run, load_beir, ranked, read_run, write_atomic, write_run
 from .needs import require_packages
 from .report import DEFAULT_MEASURES, compute_metrics, markdown_table, parse_measures, render_chart
@@ -327,6 +327,10 @@ class RerankCall(BaseModel):
     documents: list[str] = Field(description="The query's top-k candidate texts, each distinct text once, in "
                                  "first-stage order.")
 
+    def group(self) -> ScoreGroup:
+        """The call as the batch API's group."""
+        return ScoreGroup(query=self.query, documents=self.documents, instruction=self.instruction)
+
 
 class RerankResult(BaseModel):
     """What the rerank stage returns: every call's scores and where they came from."""
@@ -349,72 +353,32 @@ def rerank_calls(data: BeirData, first: Run, depth: int, instructions: Sequence[
     return calls
 
 
-class _ScoreStore:
-    """The eval's view of the score cache: a call's scores, whole or not at all, keyed as a scorer's own
-    ``cache=`` keys them (so the folder is an ordinary DiskScoreCache)."""
-
-    def __init__(self, scorer: Scorer, cache: ScoreCache) -> None:
-        self.scorer, self.cache = scorer, cache
-
-    def _keys(self, call: RerankCall) -> list[str]:
-        with scorer_errors(self.scorer):  # a remote scorer asks its server once
-            identity = self.scorer.cache_identity()  # type: ignore[attr-defined]
-        return score_keys(identity, instruction_in_use(self.scorer, call.instruction), call.query, call.documents)
-
-    def get(self, call: RerankCall) -> list[float] | None:
-        """The call's scores if the cache holds every one of them (each a probability), else None."""
-        found = self.cache.get_many(self._keys(call))
-        if all(isinstance(value, float) and 0.0 <= value <= 1.0 for value in found):
-            return found  # type: ignore[no-any-return]
-        return None
-
-    def put(self, call: RerankCall, scores: list[float]) -> None:
-        # Keys asked again after scoring: a first load may pin another revision than the folder showed before.
-        # Every score of the call is written, over any older one, so the cache always holds one call's numbers.
-        self.cache.set_many(dict(zip(self._keys(call), scores)))
-
-    def count_cached(self, calls: Sequence[RerankCall]) -> int:
-        """Pairs whose call is whole in the cache (the lookups are not counted as hits or misses)."""
-        cached = sum(len(call.documents) for call in calls if self.get(call) is not None)
-        self.cache.reset_stats()
-        return cached
-
-
-def _score_call(scorer: Scorer, call: RerankCall, store: _ScoreStore | None) -> tuple[list[float], bool]:
-    """The scores of one call's documents, in order, and whether they came from ``store``: from there when it
-    holds them all, else from one ``scorer.score`` over the whole list (then stored)."""
-    if store is not None:
-        found = store.get(call)
-        if found is not None:
-            return found, True
-    scores = score_validated(scorer, call.query, call.documents, call.instruction)
-    if store is not None:
-        store.put(call, scores)
-    return scores, False
-
-
 def _rerank_all(
-    scorer: Scorer, calls: Sequence[RerankCall], store: _ScoreStore | None, progress: bool
+    scorer: Scorer, calls: Sequence[RerankCall], cache: ScoreCache | None, progress: bool, *,
+    concurrency: int | None = None, ray: RayOptions | None = None,
 ) -> RerankResult:
-    """The rerank stage: every call, one after another, each committed to the cache as it returns (a killed run
-    loses at most the call in flight). The progress bar counts queries. Any order of the calls gives the same
-    result: each call's scores depend on that call alone."""
+    """The rerank stage through the batch API: ``concurrency`` calls in flight (or Ray's actors), each committed
+    to the cache as it returns (a killed run loses at most the calls in flight). The progress bar counts
+    queries. Any order of the calls gives the same result: each call's scores depend on that call alone."""
     from tqdm import tqdm
 
-    scores: dict[int, dict[str, dict[str, float]]] = {}
-    scored = cached = 0
-    queries = len({call.query_id for call in calls})
-    with tqdm(total=queries, desc="reranking", unit="query", disable=not progress, file=sys.stderr) as bar:
-        for number, call in enumerate(calls):
-            values, from_cache = _score_call(scorer, call, store)
-            scores.setdefault(call.instruction_index, {})[call.query_id] = dict(zip(call.documents, values))
-            if from_cache:
-                cached += len(values)
-            else:
-                scored += len(values)
-            if number + 1 == len(calls) or calls[number + 1].query_id != call.query_id:
+    groups = [call.group() for call in calls]
+    left: dict[str, int] = {}
+    for call in calls:
+        left[call.query_id] = left.get(call.query_id, 0) + 1
+    with tqdm(total=len(left), desc="reranking", unit="query", disable=not progress, file=sys.stderr) as bar:
+
+        def done(index: int, scores: list[float], from_cache: bool) -> None:
+            query_id = calls[index].query_id
+            left[query_id] -= 1
+            if not left[query_id]:
                 bar.update(1)
-    return RerankResult(scores=scores, pairs_scored=scored, pairs_cached=cached)
+
+        result = score_groups(scorer, groups, concurrency=concurrency, cache=cache, on_group=done, ray=ray)
+    scores: dict[int, dict[str, dict[str, float]]] = {}
+    for call, values in zip(calls, result.scores):
+        scores.setdefault(call.instruction_index, {})[call.query_id] = dict(zip(call.documents, values))
+    return RerankResult(scores=scores, pairs_scored=result.pairs_scored, pairs_cached=result.pairs_cached)
 
 
 def _reranked_run(first: Run, corpus: dict[str, str], scores: dict[str, dict[str, float]], k: int) -> Run:
@@ -440,6 +404,8 @@ def run_evaluation(
     cache: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    concurrency: int | None = None,
+    ray: RayOptions | None = None,
 ) -> EvalReport:
     """Run the first stage, rerank it with ``scorer`` for each instruction, measure every system, write the files.
 
@@ -451,6 +417,10 @@ def run_evaluation(
             your own scorer one (a ScorerBase subclass, see Extending), or pass False.
         progress: progress bars (embedding, reranking) on stderr.
         log: where notices go (a reused first stage, queries without candidates); default nowhere.
+        concurrency: rerank calls (query x instruction) in flight at once (default: 8 for a vLLM server or
+            replicas, 1 for a local model, which batches inside each call); the results do not depend on it.
+        ray: rerank on a Ray cluster (:class:`~qwen3_rerank_integrations.batch.RayOptions`, the ``ray`` extra):
+            actors that each hold a copy of ``scorer``; the cache is read first and their scores written back.
 
     Raises:
         MissingDependencyError: a package these options need is not installed (one line naming it and its
@@ -487,17 +457,16 @@ def run_evaluation(
             raise TypeError(f"{type(scorer).__name__} has no cache_identity(), so the score cache cannot tell its "
                             "configurations apart: implement cache_identity() (model, revision, every setting that "
                             "changes a score; see Extending), or pass cache=False")
-        # Each call is committed to disk as it returns: a killed run loses at most the call in flight. The key
+        # Each call is committed to disk as it returns: a killed run loses at most the calls in flight. The key
         # holds the scorer's identity, so another model or setting never reuses a score.
         with DiskScoreCache(config.output / "score-cache") as disk:
-            store = _ScoreStore(scorer, disk)
-            known = store.count_cached(calls)
+            known = GroupCache(scorer=scorer, cache=disk).count_cached([call.group() for call in calls])
             if known:
                 say(f"the score cache holds {known} of {pairs} pairs from an earlier run; scoring the other "
                     f"{sum(len(call.documents) for call in calls) - known}")
-            reranked = _rerank_all(scorer, calls, store, progress)
+            reranked = _rerank_all(scorer, calls, disk, progress, concurrency=concurrency, ray=ray)
     else:
-        reranked = _rerank_all(scorer, calls, None, progress)
+        reranked = _rerank_all(scorer, calls, None, progress, concurrency=concurrency, ray=ray)
 
     runs_dir = config.output / "runs"
     parsed = parse_measures(measures)

@@ -1,0 +1,160 @@
+"""Score many groups with one scorer, a bounded number in flight: :func:`score_groups`, :func:`ascore_groups`.
+
+Each group is one ``scorer.ascore`` call over its whole document list, so its scores are the ones
+``scorer.score`` gives for that group alone, whatever the order in which groups finish or how many run at once.
+A remote scorer (VLLMScorer) gets ``concurrency`` groups in flight, so every replica stays busy; a local model
+keeps its own batching inside each call, and runs the groups one after another on a worker thread by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..cache import ScoreCache
+from ..scorer import Scorer, checked_scores, scorer_errors
+from .group_cache import group_cache_for
+from .groups import BatchScores, ScoreGroup, as_groups
+
+if TYPE_CHECKING:
+    from .ray_runner import RayOptions
+
+__all__ = ["OnGroup", "ascore_groups", "default_concurrency", "score_groups"]
+
+# Called as each group is done: (its index in the input, its scores, whether they came from the cache).
+OnGroup = Callable[[int, list[float], bool], None]
+# Groups in flight for a remote scorer: enough for a few replicas; more replicas get two each.
+REMOTE_CONCURRENCY = 8
+
+
+def default_concurrency(scorer: object) -> int:
+    """Groups in flight by default: for a remote scorer (one with a ``base_urls`` list: VLLMScorer, or a wrapper
+    of one) 8, or 2 per replica when it has more than 4; otherwise 1 (a local model batches inside each call)."""
+    while not isinstance(getattr(scorer, "base_urls", None), list):
+        inner = getattr(scorer, "scorer", None)  # CachedScorer and other wrappers
+        if inner is None or inner is scorer:
+            return 1
+        scorer = inner
+    return max(REMOTE_CONCURRENCY, 2 * len(scorer.base_urls))  # type: ignore[attr-defined]
+
+
+def _check_concurrency(concurrency: object) -> None:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive int (groups in flight), got {concurrency!r}")
+
+
+async def _score_one(scorer: Scorer, group: ScoreGroup) -> list[float]:
+    if not group.documents:
+        return []
+    with scorer_errors(scorer):
+        ascore = getattr(scorer, "ascore", None)
+        if callable(ascore):
+            answer = await ascore(group.query, group.documents, instruction=group.instruction)
+        else:  # a score-only scorer: on a worker thread, so the loop is never blocked
+            answer = await asyncio.to_thread(scorer.score, group.query, group.documents,
+                                             instruction=group.instruction)
+    return checked_scores(scorer, answer, len(group.documents))
+
+
+async def ascore_groups(
+    scorer: Scorer,
+    groups: Iterable[ScoreGroup | Mapping[str, Any]],
+    *,
+    concurrency: int | None = None,
+    cache: ScoreCache | None = None,
+    on_group: OnGroup | None = None,
+    ray: RayOptions | None = None,
+) -> BatchScores:
+    """Async twin of :func:`score_groups`."""
+    if ray is not None:
+        from .ray_runner import score_groups_on_ray
+
+        return await asyncio.to_thread(score_groups_on_ray, scorer, groups, options=ray, cache=cache,
+                                       on_group=on_group)
+    checked = as_groups(groups)
+    width = default_concurrency(scorer) if concurrency is None else concurrency
+    _check_concurrency(width)
+    store = group_cache_for(scorer, cache)
+    scores: list[list[float] | None] = [None] * len(checked)
+    cached = [False] * len(checked)
+    pending = iter(range(len(checked)))
+
+    async def worker() -> None:
+        for index in pending:  # shared iterator: each group is taken by one worker
+            group = checked[index]
+            found = await store.aget(group) if store is not None and group.documents else None
+            if found is None:
+                found = await _score_one(scorer, group)
+                if store is not None and found:
+                    await store.aput(group, found)  # committed as it returns: a killed run loses only what is in flight
+            else:
+                cached[index] = True
+            scores[index] = found
+            if on_group is not None:
+                on_group(index, found, cached[index])
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(width, len(checked)) or 1)]
+    try:
+        await asyncio.gather(*workers)
+    finally:  # the first failure stops the others (what they finished is in the cache)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    return BatchScores(scores=scores, cached=cached)  # type: ignore[arg-type]
+
+
+def score_groups(
+    scorer: Scorer,
+    groups: Iterable[ScoreGroup | Mapping[str, Any]],
+    *,
+    concurrency: int | None = None,
+    cache: ScoreCache | None = None,
+    on_group: OnGroup | None = None,
+    ray: RayOptions | None = None,
+) -> BatchScores:
+    """Score every group (a query, its documents, an instruction) with ``scorer``, ``concurrency`` groups in flight.
+
+    Each group is one scorer call over its whole list, so its scores equal ``scorer.score(query, documents,
+    instruction=...)`` for that group alone; the result lists them in input order.
+
+    Args:
+        scorer: any Scorer: LocalScorer, VLLMScorer (replicas: keep ``concurrency`` at least twice their number),
+            VLLMEngineScorer, CachedScorer...
+        groups: ScoreGroups, or dicts with ``query``, ``documents`` and optionally ``instruction``; all checked
+            before any scoring.
+        concurrency: groups in flight at once (default :func:`default_concurrency`: 8 for a remote scorer, 1 for
+            a local model, which batches inside each call).
+        cache: a ScoreCache read first, per whole group (a group is reused only when every score of it is there),
+            and written as each group is scored, so a killed run resumes where it stopped. The scorer needs
+            ``cache_identity()``.
+        on_group: called with (index, scores, from_cache) as each group is done, in completion order (progress).
+        ray: run the scoring on a Ray cluster instead (:class:`~qwen3_rerank_integrations.batch.RayOptions`; the
+            ``ray`` extra); ``concurrency`` then does not apply.
+
+    Raises:
+        TypeError, ValueError: a bad group (the message starts with ``groups[i]``) or concurrency, before any work.
+        RerankError: the scorer failed (what other groups finished is in the cache).
+        MissingDependencyError: ``ray`` without the ``ray`` extra.
+    """
+    run = ascore_groups(scorer, groups, concurrency=concurrency, cache=cache, on_group=on_group, ray=ray)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run)
+    # Called from inside an event loop (a notebook, an async framework): run on a thread with its own loop.
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(run)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="score_groups")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
