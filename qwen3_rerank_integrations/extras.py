@@ -41,6 +41,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "bench": {"sentence_transformers": "sentence-transformers"},
     "eval": {"ir_measures": "ir-measures", "pytrec_eval": "pytrec-eval-terrier",
              "sentence_transformers": "sentence-transformers", "matplotlib": "matplotlib", "tqdm": "tqdm"},
+    "ray": {"ray": "ray"},
     "examples": {"sentence_transformers": "sentence-transformers", "langchain_classic": "langchain-classic",
                  "langchain_huggingface": "langchain-huggingface",
                  "llama_index.embeddings.huggingface": "llama-index-embeddings-huggingface",
@@ -61,6 +62,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "qwen3-rerank check-device": ("cli", "local"),
     "qwen3-rerank bench": ("cli", "local", "bench"),
     "qwen3-rerank eval": ("cli", "eval", "cache"),
+    "score_groups on Ray": ("ray",),
 }
 
 

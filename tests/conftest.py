@@ -11,9 +11,9 @@ import pytest
 
 from tests.reference import ReferenceScorer
 
-# Optional test groups (markers `browser`, `vllm`, `docs`) skip with a reason where their tools are missing (a fresh
-# machine running the README's test command); .ci/run sets QWEN3_RERANK_REQUIRE="browser vllm docs" so that there a
-# missing tool fails the run instead of skipping it.
+# Optional test groups (markers `browser`, `vllm`, `docs`, `ray`) skip with a reason where their tools are missing
+# (a fresh machine running the README's test command); .ci/run sets QWEN3_RERANK_REQUIRE="browser vllm docs ray" so
+# that there a missing tool fails the run instead of skipping it.
 REQUIRED_GROUPS = set(os.environ.get("QWEN3_RERANK_REQUIRE", "").replace(",", " ").split())
 
 

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..cache import ScoreCache
 from ..extras import require_extra
 from ..scorer import Scorer
-from .groups import BatchScores, ScoreGroup, as_groups
 from .group_cache import group_cache_for
+from .groups import BatchScores, ScoreGroup, as_groups
 from .scoring import OnGroup, default_concurrency, score_groups
 
 __all__ = ["RayOptions", "score_groups_on_ray"]

@@ -149,7 +149,7 @@ def score_groups(
     def target() -> None:
         try:
             outcome["value"] = asyncio.run(run)
-        except BaseException as exc:  # handed to the caller's thread
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread, raised there)
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, name="score_groups")

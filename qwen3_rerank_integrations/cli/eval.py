@@ -95,6 +95,25 @@ def eval_command(
         typer.Option(rich_help_panel=EVAL_PANEL,
                      help="Keep scores in DIR/score-cache and reuse them; --no-cache rescores everything."),
     ] = True,
+    concurrency: Annotated[
+        int | None,
+        _eval_option(min=1, help="Rerank calls (query x instruction) in flight at once (default: 8 with --backend "
+                     "vllm, 2 per replica past 4; 1 locally, where the model batches each call). The metrics do "
+                     "not depend on it."),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        _eval_option("--ray", metavar="ADDRESS",
+                     help="Rerank on Ray actors (the ray extra), each holding a copy of the reranker: 'local' starts "
+                     "a cluster on this machine for the run; 'auto' joins the one this machine belongs to; "
+                     "ray://HEAD:10001 a remote one (Ray Client)."),
+    ] = None,
+    ray_actors: Annotated[
+        int, _eval_option(min=1, help="With --ray: actors, each with its own copy of the reranker.")
+    ] = 2,
+    ray_gpus: Annotated[
+        float, _eval_option(min=0.0, help="With --ray: GPUs per actor (1: a local model per GPU).")
+    ] = 0.0,
     backend: Annotated[Backend, backend_option("Rerank")] = Backend.local,
     rerank_model: Annotated[str | None, rerank_model_option("--model", "-m", "--rerank-model")] = None,
     max_length: Annotated[
@@ -131,6 +150,9 @@ def eval_command(
         # Every package these options need, before anything is read or loaded (not after the first stage).
         require_backend(backend)
         require_packages(dense_first_stage=run_file is None, cache=cache, needed_by="qwen3-rerank eval")
+        ray_options = _ray_options(ctx, ray, ray_actors, ray_gpus)
+        if ray_options is not None and concurrency is not None:
+            raise ValueError("--concurrency applies without --ray; with --ray the work is spread over --ray-actors")
         options: dict[str, Any] = {"top_k": top_k, "labels": label, "measures": measure, "run_file": run_file,
                                    "embed_model": embed_model}
         if instruction:
@@ -146,12 +168,29 @@ def eval_command(
             with open_scorer(backend, model=rerank_model, max_length=max_length, device=device, dtype=dtype,
                              source=source, base_url=base_url, template=template, timeout=timeout,
                              max_retries=max_retries, ca_bundle=ca_bundle) as scorer:
-                report = run_evaluation(config, scorer, cache=cache, progress=show_progress, log=log)
+                report = run_evaluation(config, scorer, cache=cache, progress=show_progress, log=log,
+                                        concurrency=concurrency, ray=ray_options)
         except KeyboardInterrupt:
             fail("interrupted; the scores computed so far are kept: run the same command again to resume", 130)
     _print_metrics(report)
     typer.echo(f"wrote {output}/metrics.json, metrics.md, metrics.png and runs/ ({len(report.systems)} systems); "
                f"{report.scoring_summary()}", err=True)
+
+
+def _ray_options(ctx: typer.Context, address: str | None, actors: int, gpus: float) -> Any:
+    """RayOptions for --ray (None without it); --ray-actors/--ray-gpus without --ray are refused. Ray itself is
+    checked here, before anything is read or loaded."""
+    if address is None:
+        given = [flag for flag, name in (("--ray-actors", "ray_actors"), ("--ray-gpus", "ray_gpus"))
+                 if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: only with --ray ADDRESS")
+        return None
+    from ..batch import RayOptions
+    from ..extras import require_extra
+
+    require_extra("ray", needed_by="qwen3-rerank eval --ray", modules=["ray", "ray.data"])
+    return RayOptions(address=None if address == "local" else address, num_actors=actors, num_gpus=gpus)
 
 
 def _print_metrics(report: EvalReport) -> None:
