@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the stand-in lives in tests/
 
-from qwen3_rerank_integrations import VLLMScorer  # noqa: E402
-from qwen3_rerank_integrations.evaluation import EvalConfig, run_evaluation  # noqa: E402
-from tests.vllm_standin import VLLMStandIn  # noqa: E402
+from qwen3_rerank_integrations import VLLMScorer
+from qwen3_rerank_integrations.evaluation import EvalConfig, run_evaluation
+from tests.vllm_standin import VLLMStandIn
 
 
 def by_text(query: str, document: str) -> float:

@@ -31,7 +31,7 @@ def ray_cluster():
     """A local Ray cluster for the module (workers import this checkout's tests/ for the test scorers)."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         skip_or_fail("ray", "Ray Data is not installed: pip install 'qwen3-rerank-integrations[ray]'")
     saved = os.environ.get("PYTHONPATH")
