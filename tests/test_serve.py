@@ -149,6 +149,30 @@ def test_an_option_given_twice_is_refused_but_once_after_dashes_passes():
     assert build_command(_config(vllm_args=["--dtype", "float16"]), runner_flag=True)[-2:] == ["--dtype", "float16"]
 
 
+def test_data_and_tensor_parallel_sizes_reach_vllm_as_options_or_after_dashes_but_not_twice():
+    command = build_command(_config(tensor_parallel_size=2, data_parallel_size=4), runner_flag=True)
+    assert command[-4:] == ["--tensor-parallel-size", "2", "--data-parallel-size", "4"]
+    for extra in (["--data-parallel-size", "4"], ["-dp", "4"], ["--tensor-parallel-size=2"], ["-tp", "2"],
+                  ["--data-parallel-size-local", "2"], ["--data-parallel-backend", "ray"]):
+        assert build_command(_config(vllm_args=extra), runner_flag=True)[-len(extra):] == extra
+    with pytest.raises(ValueError, match="--data-parallel-size is given twice"):
+        build_command(_config(data_parallel_size=2, vllm_args=["-dp", "4"]), runner_flag=True)
+    with pytest.raises(ValueError, match="--tensor-parallel-size is given twice"):
+        build_command(_config(tensor_parallel_size=2, vllm_args=["--tensor_parallel_size=4"]), runner_flag=True)
+
+
+def test_cli_serve_takes_the_parallel_sizes_as_options(monkeypatch):
+    from typer.testing import CliRunner
+
+    from qwen3_rerank_integrations.cli import app
+
+    started: list[ServeConfig] = []
+    monkeypatch.setattr("qwen3_rerank_integrations.vllm.server.serve", lambda config, **_: started.append(config))
+    done = CliRunner().invoke(app, ["serve", "Qwen/Qwen3-Reranker-0.6B", "-dp", "4", "--tensor-parallel-size", "2"])
+    assert done.exit_code == 0, done.output
+    assert (started[0].data_parallel_size, started[0].tensor_parallel_size) == (4, 2)
+
+
 @pytest.mark.parametrize(
     ("version", "runner"),
     [("0.32.0", True), ("0.10.1", True), ("0.10.1.1", True), ("0.11.0+cpu", True), ("0.10.0", False),
@@ -641,4 +665,4 @@ def test_real_vllm_parser_expands_or_refuses_every_prefix_serve_refuses(vllm_pyt
         with pytest.raises(ValueError):
             check_vllm_args(_config(vllm_args=[prefix, "x"]) if prefix not in _PASSTHROUGH_FLAGS
                             else _config(dtype="float32", max_model_len=1, served_model_name="x",
-                                         vllm_args=[prefix, "x"]))
+                                         tensor_parallel_size=1, data_parallel_size=1, vllm_args=[prefix, "x"]))

@@ -53,6 +53,18 @@ def serve(
     startup_timeout: Annotated[
         float, typer.Option(min=1.0, help="Seconds to wait for the server to become healthy.")
     ] = 900.0,
+    tensor_parallel_size: Annotated[
+        int | None,
+        typer.Option("--tensor-parallel-size", "-tp", min=1, show_default=False,
+                     help="vLLM's --tensor-parallel-size: devices one copy of the model is split over (a model too "
+                     "big for one device)."),
+    ] = None,
+    data_parallel_size: Annotated[
+        int | None,
+        typer.Option("--data-parallel-size", "-dp", min=1, show_default=False,
+                     help="vLLM's --data-parallel-size: copies of the model behind this one URL, one per device "
+                     "(group); vLLM spreads the requests over them (docs: scale.md)."),
+    ] = None,
 ) -> None:
     """Start a vLLM (or vllm-ascend) server for a Qwen3-Reranker and keep it running; Ctrl-C stops it.
 
@@ -70,7 +82,8 @@ def serve(
         config = ServeConfig(
             model=model, host=host, port=port, template=template.value, dtype=dtype.value,
             max_model_len=max_model_len, served_model_name=served_model_name, vllm_args=vllm_args or [],
-            startup_timeout=startup_timeout, **options,
+            startup_timeout=startup_timeout, tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size, **options,
         )
         try:
             run_server(config, out=typer.echo, log=lambda line: typer.echo(line, err=True))

@@ -90,7 +90,10 @@ _REFUSED_FLAGS = {
     "--config": "vLLM would read more arguments from that file, unchecked; pass them after -- instead",
 }
 # Flags serve sets unless they come after -- (then vLLM gets the user's value and serve reports it).
-_PASSTHROUGH_FLAGS = ("--dtype", "--max-model-len", "--served-model-name")
+_PASSTHROUGH_FLAGS = ("--dtype", "--max-model-len", "--served-model-name", "--tensor-parallel-size",
+                      "--data-parallel-size")
+# vLLM's short spellings of passed-through flags (not prefixes: argparse matches them exactly).
+_SHORT_FLAGS = {"-tp": "--tensor-parallel-size", "-dp": "--data-parallel-size"}
 _WATCHED_FLAGS = (*_MANAGED_FLAGS, *_REFUSED_FLAGS, *_PASSTHROUGH_FLAGS)
 # No vLLM flag (0.32's full list checked) is a proper prefix of a watched one, so any shorter spelling of a watched
 # flag is either expanded to it by vLLM's argparse (allow_abbrev) or refused there as ambiguous.
@@ -161,6 +164,16 @@ class ServeConfig(BaseModel):
     startup_timeout: float = Field(
         DEFAULT_STARTUP_TIMEOUT_S, gt=0, description="Seconds to wait for GET /health to answer 200."
     )
+    tensor_parallel_size: int | None = Field(
+        None, ge=1,
+        description="vLLM's --tensor-parallel-size: the devices one copy of the model is split over (for a model "
+        "too big for one device; a reranker rarely is). None: vLLM's default, 1.",
+    )
+    data_parallel_size: int | None = Field(
+        None, ge=1,
+        description="vLLM's --data-parallel-size: copies of the model behind this one server, each on its own "
+        "device(s) (tensor_parallel_size each); vLLM spreads the requests over them. None: vLLM's default, 1.",
+    )
 
 
 class VLLMInstall(BaseModel):
@@ -223,8 +236,14 @@ def check_vllm_args(config: ServeConfig) -> None:
         ValueError: naming the flag and what to use instead.
     """
     given = {"--dtype": config.dtype != "auto", "--max-model-len": config.max_model_len is not None,
-             "--served-model-name": config.served_model_name is not None}
+             "--served-model-name": config.served_model_name is not None,
+             "--tensor-parallel-size": config.tensor_parallel_size is not None,
+             "--data-parallel-size": config.data_parallel_size is not None}
     for argument in config.vllm_args:
+        short = _SHORT_FLAGS.get(argument.split("=", 1)[0])
+        if short is not None and given[short]:
+            raise ValueError(f"{short} is given twice: as serve's option and as {argument.split('=', 1)[0]} after "
+                             "--; keep one")
         if not argument.startswith("--"):
             continue
         name = _flag_name(argument)
@@ -284,6 +303,10 @@ def build_command(config: ServeConfig, *, runner_flag: bool, port: int | None = 
         command += ["--max-model-len", str(config.max_model_len)]
     if config.served_model_name is not None:
         command += ["--served-model-name", config.served_model_name]
+    if config.tensor_parallel_size is not None:
+        command += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
+    if config.data_parallel_size is not None:
+        command += ["--data-parallel-size", str(config.data_parallel_size)]
     return command + list(config.vllm_args)
 
 
@@ -363,8 +386,8 @@ def choose_serving(config: ServeConfig, install: VLLMInstall, checkpoint: dict[s
 
 
 def _passthrough_values(arguments: list[str]) -> dict[str, str]:
-    """The values of --dtype, --max-model-len and --served-model-name given after ``--`` (in full, as
-    :func:`check_vllm_args` requires); the last one wins, as in argparse."""
+    """The values of --dtype, --max-model-len, --served-model-name and the parallel sizes given after ``--`` (in
+    full, as :func:`check_vllm_args` requires); the last one wins, as in argparse."""
     values: dict[str, str] = {}
     for i, argument in enumerate(arguments):
         name, equals, value = argument.partition("=")
