@@ -129,7 +129,8 @@ def _run_on_ray(
         per_actor = options.concurrency_per_actor or default_concurrency(scorer)
         scored = dataset.map_batches(
             _ScoringActor,
-            fn_constructor_kwargs={"scorer": pickle.dumps(scorer), "concurrency": per_actor},
+            # cloudpickle: a scorer class defined in a script or notebook (__main__) travels by value.
+            fn_constructor_kwargs={"scorer": ray.cloudpickle.dumps(scorer), "concurrency": per_actor},
             batch_size=options.batch_size,
             compute=ray.data.ActorPoolStrategy(size=options.num_actors),
             num_cpus=options.num_cpus,
