@@ -47,6 +47,7 @@ RUN_BY = {
     "engine": "tests/test_docs_backends.py",
     "evaluation": "tests/test_docs_backends.py",
     "settings": "tests/test_state.py",
+    "scale": "tests/test_batch.py",
 }
 
 _FENCE = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)

@@ -190,3 +190,22 @@ async def test_the_async_api_and_the_sync_one_inside_a_running_loop_give_the_sam
     groups = groups_of(4)
     expected = (await ascore_groups(Slow(), groups, concurrency=2)).scores
     assert score_groups(Slow(), groups).scores == expected  # a loop runs here: the sync API uses a thread
+
+
+def test_scale_page_runs_over_four_replicas_and_its_second_run_reads_the_cache(capsys):
+    from tests.doc_blocks import ROOT, blocks_to_run, run_blocks
+
+    servers = [VLLMStandIn("legacy", score_override=by_text) for _ in range(4)]
+    try:
+        urls = ["http://gpu-a:8000", "http://gpu-b:8000", "http://gpu-c:8000", "http://gpu-d:8000"]
+        replace = {url: server.base_url for url, server in zip(urls, servers)}
+        with run_blocks(blocks_to_run(ROOT / "docs/scale.md", "scale"), "docs_scale", replace=replace) as namespace:
+            result = namespace["result"]
+        assert capsys.readouterr().out.splitlines()[-2:] == ["101 801", "801 True"]
+        with VLLMScorer(servers[0].base_url, template="client") as one:
+            assert result.scores[-1] == one.score("What is the capital of China?", ["Beijing is the capital of China."],
+                                                  instruction="Given a question, retrieve passages that answer it")
+        assert all(server.scoring_requests() for server in servers)
+    finally:
+        for server in servers:
+            server.close()
