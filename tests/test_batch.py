@@ -209,3 +209,66 @@ def test_scale_page_runs_over_four_replicas_and_its_second_run_reads_the_cache(c
     finally:
         for server in servers:
             server.close()
+
+
+# ------------------------------------------------------------------------------------------------ eval's options
+def test_eval_concurrency_gives_the_files_of_one_call_at_a_time_and_ray_options_are_checked(tmp_path, monkeypatch):
+    from contextlib import nullcontext
+
+    from typer.testing import CliRunner
+
+    from qwen3_rerank_integrations.cli import app
+    from tests.test_eval import BEIR_MINI, HashScorer, hashed_first_stage, output_files
+
+    seen: list[int | None] = []
+
+    class Recording(HashScorer):
+        async def ascore(self, query, documents, *, instruction=None):
+            await asyncio.sleep(0.001)  # so that calls overlap when several are in flight
+            return self.score(query, documents, instruction=instruction)
+
+    monkeypatch.setattr("qwen3_rerank_integrations.cli.eval.open_scorer", lambda *a, **k: nullcontext(Recording()))
+    run = __import__("qwen3_rerank_integrations.cli.eval", fromlist=["run_evaluation"]).run_evaluation
+
+    def recording_run(*args, **kwargs):
+        seen.append(kwargs["concurrency"])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr("qwen3_rerank_integrations.cli.eval.run_evaluation", recording_run)
+    first = hashed_first_stage(tmp_path / "first.trec")
+    runner = CliRunner()
+    base = ["eval", str(BEIR_MINI), "--run", str(first), "--top-k", "5", "--instruction", "default",
+            "--instruction", "Find answers"]
+    for name, extra in (("one", ["--concurrency", "1"]), ("many", ["--concurrency", "6"])):
+        result = runner.invoke(app, [*base, "-o", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+    assert seen == [1, 6]
+    assert output_files(tmp_path / "one") == output_files(tmp_path / "many")
+
+    for extra, message in ((["--ray-actors", "3"], "--ray-actors: only with --ray ADDRESS"),
+                           (["--ray", "local", "--concurrency", "2"], "--concurrency applies without --ray"),
+                           (["--concurrency", "0"], "--concurrency")):
+        result = runner.invoke(app, [*base, "-o", str(tmp_path / "bad"), *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert seen == [1, 6]  # nothing ran
+
+
+def test_without_ray_the_ray_options_name_the_ray_extra_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from qwen3_rerank_integrations import MissingDependencyError
+    from qwen3_rerank_integrations.batch import RayOptions
+    from qwen3_rerank_integrations.cli import app
+    from tests.test_eval import BEIR_MINI
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    scorer = Slow()
+    with pytest.raises(MissingDependencyError, match=r"needs ray, which is not installed: .*\[ray\]"):
+        score_groups(scorer, groups_of(2), ray=RayOptions())
+    assert scorer._calls == 0
+    result = CliRunner().invoke(app, ["eval", str(BEIR_MINI), "-o", str(tmp_path / "out"), "--run", "x.trec",
+                                      "--ray", "auto"])
+    assert result.exit_code == 3 and "qwen3-rerank eval --ray needs ray" in result.output, result.output
+    assert not (tmp_path / "out").exists()

@@ -150,9 +150,9 @@ def eval_command(
         # Every package these options need, before anything is read or loaded (not after the first stage).
         require_backend(backend)
         require_packages(dense_first_stage=run_file is None, cache=cache, needed_by="qwen3-rerank eval")
-        ray_options = _ray_options(ctx, ray, ray_actors, ray_gpus)
-        if ray_options is not None and concurrency is not None:
+        if ray is not None and concurrency is not None:
             raise ValueError("--concurrency applies without --ray; with --ray the work is spread over --ray-actors")
+        ray_options = _ray_options(ctx, ray, ray_actors, ray_gpus)
         options: dict[str, Any] = {"top_k": top_k, "labels": label, "measures": measure, "run_file": run_file,
                                    "embed_model": embed_model}
         if instruction:
