@@ -7,6 +7,8 @@ Ray: tests/test_ray.py. Eval through this API: tests/test_eval.py, tests/test_ev
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import zlib
 
 import pytest
@@ -29,23 +31,24 @@ def by_text(query: str, document: str) -> float:
 
 
 class Slow(ScorerBase):
-    """A scorer that takes a while per call and records how many calls were in flight at once."""
+    """A scorer that takes a while per call and records how many calls were in flight at once (a scorer that
+    computes here: the batch API runs its ``score`` on worker threads)."""
 
     delay: float = 0.02
 
     def model_post_init(self, context: object) -> None:
         self._now = self._most = self._calls = 0
+        self._count = threading.Lock()
 
     def _score_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
+        with self._count:
+            self._now += 1
+            self._calls += 1
+            self._most = max(self._most, self._now)
+        time.sleep(self.delay)
+        with self._count:
+            self._now -= 1
         return [by_text(f"{instruction}|{query}", d) for d in documents]
-
-    async def _ascore_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
-        self._now += 1
-        self._calls += 1
-        self._most = max(self._most, self._now)
-        await asyncio.sleep(self.delay)
-        self._now -= 1
-        return self._score_texts(query, documents, instruction)
 
     def cache_identity(self) -> dict[str, str]:
         return {"scorer": "slow"}
@@ -130,10 +133,10 @@ def test_a_run_killed_part_way_resumes_from_the_cache_with_the_same_scores():
     reference = score_groups(Slow(), groups)
 
     class Failing(Slow):
-        async def _ascore_texts(self, query, documents, instruction):
+        def _score_texts(self, query, documents, instruction):
             if query == "query 6":
                 raise RuntimeError("the GPU fell off the bus")
-            return await super()._ascore_texts(query, documents, instruction)
+            return super()._score_texts(query, documents, instruction)
 
     cache = InMemoryScoreCache()
     with pytest.raises(RerankError, match="the GPU fell off the bus"):
@@ -221,13 +224,7 @@ def test_eval_concurrency_gives_the_files_of_one_call_at_a_time_and_ray_options_
     from tests.test_eval import BEIR_MINI, HashScorer, hashed_first_stage, output_files
 
     seen: list[int | None] = []
-
-    class Recording(HashScorer):
-        async def ascore(self, query, documents, *, instruction=None):
-            await asyncio.sleep(0.001)  # so that calls overlap when several are in flight
-            return self.score(query, documents, instruction=instruction)
-
-    monkeypatch.setattr("qwen3_rerank_integrations.cli.eval.open_scorer", lambda *a, **k: nullcontext(Recording()))
+    monkeypatch.setattr("qwen3_rerank_integrations.cli.eval.open_scorer", lambda *a, **k: nullcontext(HashScorer()))
     run = __import__("qwen3_rerank_integrations.cli.eval", fromlist=["run_evaluation"]).run_evaluation
 
     def recording_run(*args, **kwargs):

@@ -116,7 +116,12 @@ def test_an_actor_killed_mid_run_costs_no_group(ray_cluster, tmp_path):
     assert result.scores == expected and len(cache) == 24
 
 
-def test_eval_on_ray_writes_the_files_of_the_single_process_run(ray_cluster, tmp_path):
+def test_eval_on_ray_writes_the_files_of_the_single_process_run(ray_cluster, tmp_path, monkeypatch):
+    from contextlib import nullcontext
+
+    from typer.testing import CliRunner
+
+    from qwen3_rerank_integrations.cli import app
     from qwen3_rerank_integrations.evaluation import EvalConfig, run_evaluation
     from tests.test_eval import BEIR_MINI, HashScorer, hashed_first_stage, output_files
 
@@ -127,3 +132,10 @@ def test_eval_on_ray_writes_the_files_of_the_single_process_run(ray_cluster, tmp
                             ray=RayOptions(num_actors=2, **SMALL))
     assert output_files(tmp_path / "ray") == output_files(tmp_path / "here")
     assert on_ray.metrics() == here.metrics() and on_ray.pairs_scored == here.pairs_scored
+
+    # The command: --ray local uses the cluster this process already joined (the module's).
+    monkeypatch.setattr("qwen3_rerank_integrations.cli.eval.open_scorer", lambda *a, **k: nullcontext(HashScorer()))
+    result = CliRunner().invoke(app, ["eval", str(BEIR_MINI), "-o", str(tmp_path / "cli"), "--run", str(first),
+                                      "--top-k", "5", "--ray", "local", "--ray-actors", "1"])
+    assert result.exit_code == 0, result.output
+    assert output_files(tmp_path / "cli") == output_files(tmp_path / "here")

@@ -2,15 +2,18 @@
 
 Each group is one ``scorer.ascore`` call over its whole document list, so its scores are the ones
 ``scorer.score`` gives for that group alone, whatever the order in which groups finish or how many run at once.
-A remote scorer (VLLMScorer) gets ``concurrency`` groups in flight, so every replica stays busy; a local model
-keeps its own batching inside each call, and runs the groups one after another on a worker thread by default.
+A remote scorer (VLLMScorer) gets ``concurrency`` groups in flight through its ``ascore``, so every replica stays
+busy; any other scorer (a local model) runs ``score`` on a worker thread, its own batching inside each call, one
+group after another by default.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..cache import ScoreCache
@@ -21,7 +24,7 @@ from .groups import BatchScores, ScoreGroup, as_groups
 if TYPE_CHECKING:
     from .ray_runner import RayOptions
 
-__all__ = ["OnGroup", "ascore_groups", "default_concurrency", "score_groups"]
+__all__ = ["OnGroup", "ascore_groups", "default_concurrency", "remote_replicas", "score_groups"]
 
 # Called as each group is done: (its index in the input, its scores, whether they came from the cache).
 OnGroup = Callable[[int, list[float], bool], None]
@@ -29,15 +32,22 @@ OnGroup = Callable[[int, list[float], bool], None]
 REMOTE_CONCURRENCY = 8
 
 
-def default_concurrency(scorer: object) -> int:
-    """Groups in flight by default: for a remote scorer (one with a ``base_urls`` list: VLLMScorer, or a wrapper
-    of one) 8, or 2 per replica when it has more than 4; otherwise 1 (a local model batches inside each call)."""
+def remote_replicas(scorer: object) -> int:
+    """How many servers a remote scorer sends to (a ``base_urls`` list: VLLMScorer, or a wrapper of one such as
+    CachedScorer); 0 for a scorer that computes here (LocalScorer, VLLMEngineScorer, your own)."""
     while not isinstance(getattr(scorer, "base_urls", None), list):
         inner = getattr(scorer, "scorer", None)  # CachedScorer and other wrappers
         if inner is None or inner is scorer:
-            return 1
+            return 0
         scorer = inner
-    return max(REMOTE_CONCURRENCY, 2 * len(scorer.base_urls))  # type: ignore[attr-defined]
+    return len(scorer.base_urls)  # type: ignore[attr-defined]
+
+
+def default_concurrency(scorer: object) -> int:
+    """Groups in flight by default: for a remote scorer 8, or 2 per replica when it has more than 4; otherwise 1
+    (a local model batches inside each call)."""
+    replicas = remote_replicas(scorer)
+    return max(REMOTE_CONCURRENCY, 2 * replicas) if replicas else 1
 
 
 def _check_concurrency(concurrency: object) -> None:
@@ -45,16 +55,19 @@ def _check_concurrency(concurrency: object) -> None:
         raise ValueError(f"concurrency must be a positive int (groups in flight), got {concurrency!r}")
 
 
-async def _score_one(scorer: Scorer, group: ScoreGroup) -> list[float]:
+async def _score_one(scorer: Scorer, group: ScoreGroup, threads: ThreadPoolExecutor | None) -> list[float]:
+    """One group, one call: a remote scorer's ``ascore`` (``threads`` None: its requests then share this loop);
+    any other scorer's ``score`` on one of ``threads`` (a local model's own sync path and batching, and the loop
+    never blocked)."""
     if not group.documents:
         return []
     with scorer_errors(scorer):
         ascore = getattr(scorer, "ascore", None)
-        if callable(ascore):
+        if threads is None and callable(ascore):
             answer = await ascore(group.query, group.documents, instruction=group.instruction)
-        else:  # a score-only scorer: on a worker thread, so the loop is never blocked
-            answer = await asyncio.to_thread(scorer.score, group.query, group.documents,
-                                             instruction=group.instruction)
+        else:
+            call = functools.partial(scorer.score, group.query, group.documents, instruction=group.instruction)
+            answer = await asyncio.get_running_loop().run_in_executor(threads, call)
     return checked_scores(scorer, answer, len(group.documents))
 
 
@@ -77,6 +90,8 @@ async def ascore_groups(
     width = default_concurrency(scorer) if concurrency is None else concurrency
     _check_concurrency(width)
     store = group_cache_for(scorer, cache)
+    # A scorer that computes here gets its own threads, as many as groups may be in flight.
+    threads = None if remote_replicas(scorer) else ThreadPoolExecutor(width, thread_name_prefix="score_groups")
     scores: list[list[float] | None] = [None] * len(checked)
     cached = [False] * len(checked)
     pending = iter(range(len(checked)))
@@ -86,7 +101,7 @@ async def ascore_groups(
             group = checked[index]
             found = await store.aget(group) if store is not None and group.documents else None
             if found is None:
-                found = await _score_one(scorer, group)
+                found = await _score_one(scorer, group, threads)
                 if store is not None and found:
                     await store.aput(group, found)  # committed as it returns: a killed run loses only what is in flight
             else:
@@ -102,6 +117,8 @@ async def ascore_groups(
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        if threads is not None:
+            threads.shutdown(wait=False)  # a call still running finishes on its own; nothing waits for it
     return BatchScores(scores=scores, cached=cached)  # type: ignore[arg-type]
 
 
