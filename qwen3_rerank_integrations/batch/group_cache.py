@@ -3,8 +3,8 @@
 A group (one query, its documents, one instruction) is scored in one scorer call. A model's fp32 rounding depends
 on which documents share a batch (~1e-7), so a group is taken from the cache only when the cache holds every one
 of its scores; otherwise it is scored whole again and all its scores are written, over any older ones. The keys
-are those :class:`~qwen3_rerank_integrations.CachedScorer` uses, so the folder of a
-:class:`~qwen3_rerank_integrations.DiskScoreCache` serves both.
+are those of a scorer's own ``cache=``, so the folder of a :class:`~qwen3_rerank_integrations.DiskScoreCache`
+serves both.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def _run_on_ray(
     import ray
     import ray.data
 
-    from ..base import checked_scores
+    from ..scorer import checked_scores
 
     started = not ray.is_initialized()
     if started:

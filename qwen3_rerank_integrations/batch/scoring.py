@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..cache import ScoreCache
-from ..scorer import Scorer, checked_scores, scorer_errors
+from ..base import ascore_validated, score_validated
+from ..scorer import Scorer
 from .group_cache import group_cache_for
 from .groups import BatchScores, ScoreGroup, as_groups
 
@@ -33,10 +34,10 @@ REMOTE_CONCURRENCY = 8
 
 
 def remote_replicas(scorer: object) -> int:
-    """How many servers a remote scorer sends to (a ``base_urls`` list: VLLMScorer, or a wrapper of one such as
-    CachedScorer); 0 for a scorer that computes here (LocalScorer, VLLMEngineScorer, your own)."""
+    """How many servers a remote scorer sends to (a ``base_urls`` list: VLLMScorer, or a wrapper of one that keeps
+    it as ``scorer``); 0 for a scorer that computes here (LocalScorer, VLLMEngineScorer, your own)."""
     while not isinstance(getattr(scorer, "base_urls", None), list):
-        inner = getattr(scorer, "scorer", None)  # CachedScorer and other wrappers
+        inner = getattr(scorer, "scorer", None)  # a wrapper: look at what it wraps
         if inner is None or inner is scorer:
             return 0
         scorer = inner
@@ -61,14 +62,12 @@ async def _score_one(scorer: Scorer, group: ScoreGroup, threads: ThreadPoolExecu
     never blocked)."""
     if not group.documents:
         return []
-    with scorer_errors(scorer):
-        ascore = getattr(scorer, "ascore", None)
-        if threads is None and callable(ascore):
-            answer = await ascore(group.query, group.documents, instruction=group.instruction)
-        else:
-            call = functools.partial(scorer.score, group.query, group.documents, instruction=group.instruction)
-            answer = await asyncio.get_running_loop().run_in_executor(threads, call)
-    return checked_scores(scorer, answer, len(group.documents))
+    # A ScoreGroup's texts were checked when it was made: the scorer gets them without a second check, and its
+    # answer is checked once (score_validated).
+    if threads is None and callable(getattr(scorer, "ascore", None)):
+        return await ascore_validated(scorer, group.query, group.documents, group.instruction)
+    call = functools.partial(score_validated, scorer, group.query, group.documents, group.instruction)
+    return await asyncio.get_running_loop().run_in_executor(threads, call)
 
 
 async def ascore_groups(
@@ -138,7 +137,7 @@ def score_groups(
 
     Args:
         scorer: any Scorer: LocalScorer, VLLMScorer (replicas: keep ``concurrency`` at least twice their number),
-            VLLMEngineScorer, CachedScorer...
+            VLLMEngineScorer, your own...
         groups: ScoreGroups, or dicts with ``query``, ``documents`` and optionally ``instruction``; all checked
             before any scoring.
         concurrency: groups in flight at once (default :func:`default_concurrency`: 8 for a remote scorer, 1 for
