@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from .group_cache import GroupCache
 from .groups import BatchScores, ScoreGroup, as_groups
+from .in_process import default_concurrency
 from .ray_runner import RayOptions, score_groups_on_ray
-from .scoring import ascore_groups, default_concurrency, score_groups
+from .scoring import ascore_groups, score_groups
 
 __all__ = [
     "BatchScores",

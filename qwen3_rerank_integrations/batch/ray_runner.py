@@ -21,7 +21,7 @@ from ..extras import require_extra
 from ..scorer import Scorer
 from .group_cache import group_cache_for
 from .groups import BatchScores, ScoreGroup, as_groups
-from .scoring import OnGroup, default_concurrency, score_groups
+from .in_process import OnGroup, default_concurrency, score_groups_here
 
 __all__ = ["RayOptions", "score_groups_on_ray"]
 
@@ -64,7 +64,7 @@ class _ScoringActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         groups = [ScoreGroup.model_validate_json(text) for text in batch["group"]]
-        result = score_groups(self.scorer, groups, concurrency=self.concurrency)
+        result = score_groups_here(self.scorer, groups, concurrency=self.concurrency)
         return {"index": list(batch["index"]), "scores": [json.dumps(scores) for scores in result.scores]}
 
 

@@ -1,4 +1,5 @@
-"""Score many groups with one scorer, a bounded number in flight: :func:`score_groups`, :func:`ascore_groups`.
+"""Score many groups with one scorer: :func:`score_groups`, :func:`ascore_groups` — in this process, a bounded
+number in flight (:mod:`.in_process`), or on a Ray cluster (:mod:`.ray_runner`).
 
 Each group is one ``scorer.ascore`` call over its whole document list, so its scores are the ones
 ``scorer.score`` gives for that group alone, whatever the order in which groups finish or how many run at once.
@@ -10,64 +11,18 @@ group after another by default.
 from __future__ import annotations
 
 import asyncio
-import functools
-import threading
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..cache import ScoreCache
-from ..base import ascore_validated, score_validated
 from ..scorer import Scorer
-from .group_cache import group_cache_for
-from .groups import BatchScores, ScoreGroup, as_groups
+from .groups import BatchScores, ScoreGroup
+from .in_process import OnGroup, ascore_groups_here, score_groups_here
 
 if TYPE_CHECKING:
     from .ray_runner import RayOptions
 
-__all__ = ["OnGroup", "ascore_groups", "default_concurrency", "remote_replicas", "score_groups"]
-
-# Called as each group is done: (its index in the input, its scores, whether they came from the cache).
-OnGroup = Callable[[int, list[float], bool], None]
-# Groups in flight for a remote scorer: enough for a few replicas; more replicas get two each.
-REMOTE_CONCURRENCY = 8
-
-
-def remote_replicas(scorer: object) -> int:
-    """How many servers a remote scorer sends to (a ``base_urls`` list: VLLMScorer, or a wrapper of one that keeps
-    it as ``scorer``); 0 for a scorer that computes here (LocalScorer, VLLMEngineScorer, your own)."""
-    while not isinstance(getattr(scorer, "base_urls", None), list):
-        inner = getattr(scorer, "scorer", None)  # a wrapper: look at what it wraps
-        if inner is None or inner is scorer:
-            return 0
-        scorer = inner
-    return len(scorer.base_urls)  # type: ignore[attr-defined]
-
-
-def default_concurrency(scorer: object) -> int:
-    """Groups in flight by default: for a remote scorer 8, or 2 per replica when it has more than 4; otherwise 1
-    (a local model batches inside each call)."""
-    replicas = remote_replicas(scorer)
-    return max(REMOTE_CONCURRENCY, 2 * replicas) if replicas else 1
-
-
-def _check_concurrency(concurrency: object) -> None:
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency must be a positive int (groups in flight), got {concurrency!r}")
-
-
-async def _score_one(scorer: Scorer, group: ScoreGroup, threads: ThreadPoolExecutor | None) -> list[float]:
-    """One group, one call: a remote scorer's ``ascore`` (``threads`` None: its requests then share this loop);
-    any other scorer's ``score`` on one of ``threads`` (a local model's own sync path and batching, and the loop
-    never blocked)."""
-    if not group.documents:
-        return []
-    # A ScoreGroup's texts were checked when it was made: the scorer gets them without a second check, and its
-    # answer is checked once (score_validated).
-    if threads is None and callable(getattr(scorer, "ascore", None)):
-        return await ascore_validated(scorer, group.query, group.documents, group.instruction)
-    call = functools.partial(score_validated, scorer, group.query, group.documents, group.instruction)
-    return await asyncio.get_running_loop().run_in_executor(threads, call)
+__all__ = ["ascore_groups", "score_groups"]
 
 
 async def ascore_groups(
@@ -85,40 +40,7 @@ async def ascore_groups(
 
         return await asyncio.to_thread(score_groups_on_ray, scorer, groups, options=ray, cache=cache,
                                        on_group=on_group)
-    checked = as_groups(groups)
-    width = default_concurrency(scorer) if concurrency is None else concurrency
-    _check_concurrency(width)
-    store = group_cache_for(scorer, cache)
-    # A scorer that computes here gets its own threads, as many as groups may be in flight.
-    threads = None if remote_replicas(scorer) else ThreadPoolExecutor(width, thread_name_prefix="score_groups")
-    scores: list[list[float] | None] = [None] * len(checked)
-    cached = [False] * len(checked)
-    pending = iter(range(len(checked)))
-
-    async def worker() -> None:
-        for index in pending:  # shared iterator: each group is taken by one worker
-            group = checked[index]
-            found = await store.aget(group) if store is not None and group.documents else None
-            if found is None:
-                found = await _score_one(scorer, group, threads)
-                if store is not None and found:
-                    await store.aput(group, found)  # committed as it returns: a killed run loses only what is in flight
-            else:
-                cached[index] = True
-            scores[index] = found
-            if on_group is not None:
-                on_group(index, found, cached[index])
-
-    workers = [asyncio.ensure_future(worker()) for _ in range(min(width, len(checked)) or 1)]
-    try:
-        await asyncio.gather(*workers)
-    finally:  # the first failure stops the others (what they finished is in the cache)
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        if threads is not None:
-            threads.shutdown(wait=False)  # a call still running finishes on its own; nothing waits for it
-    return BatchScores(scores=scores, cached=cached)  # type: ignore[arg-type]
+    return await ascore_groups_here(scorer, groups, concurrency=concurrency, cache=cache, on_group=on_group)
 
 
 def score_groups(
@@ -154,23 +76,8 @@ def score_groups(
         RerankError: the scorer failed (what other groups finished is in the cache).
         MissingDependencyError: ``ray`` without the ``ray`` extra.
     """
-    run = ascore_groups(scorer, groups, concurrency=concurrency, cache=cache, on_group=on_group, ray=ray)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run)
-    # Called from inside an event loop (a notebook, an async framework): run on a thread with its own loop.
-    outcome: dict[str, Any] = {}
+    if ray is not None:
+        from .ray_runner import score_groups_on_ray
 
-    def target() -> None:
-        try:
-            outcome["value"] = asyncio.run(run)
-        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread, raised there)
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="score_groups")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
+        return score_groups_on_ray(scorer, groups, options=ray, cache=cache, on_group=on_group)
+    return score_groups_here(scorer, groups, concurrency=concurrency, cache=cache, on_group=on_group)
