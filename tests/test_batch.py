@@ -35,16 +35,21 @@ class Slow(ScorerBase):
     computes here: the batch API runs its ``score`` on worker threads)."""
 
     delay: float = 0.02
+    # Calls wait (up to 10 s) until this many were in flight at once, so the peak does not depend on how fast
+    # threads start on a loaded machine: a bound that is too low times out below it, one too high goes past it.
+    meet: int = 0
 
     def model_post_init(self, context: object) -> None:
         self._now = self._most = self._calls = 0
-        self._count = threading.Lock()
+        self._count = threading.Condition()
 
     def _score_texts(self, query: str, documents: list[str], instruction: str) -> list[float]:
         with self._count:
             self._now += 1
             self._calls += 1
             self._most = max(self._most, self._now)
+            self._count.notify_all()
+            self._count.wait_for(lambda: self._most >= self.meet, timeout=10)
         time.sleep(self.delay)
         with self._count:
             self._now -= 1
@@ -77,7 +82,7 @@ def test_at_most_concurrency_groups_are_in_flight_and_the_order_does_not_change_
     expected = score_groups(one, groups, concurrency=1)
     assert one._most == 1
     for width in (4, 32):
-        scorer = Slow()
+        scorer = Slow(meet=min(width, 20))
         assert score_groups(scorer, groups, concurrency=width).scores == expected.scores
         assert scorer._most == min(width, 20) and scorer._calls == 20
 
