@@ -7,7 +7,13 @@ document), and :func:`compare_scores` turns the two score sets into a :class:`Pr
 
 - **max / mean absolute difference** of the scores (P("yes") in [0, 1]);
 - **rank agreement**: Kendall's tau between the two rankings of each query's documents, averaged over queries;
-- **top-1 agreement**: the share of queries whose best document is the same on both sides.
+- **top-1 agreement**: the share of queries whose best document is the same on both sides;
+- **top-5 / top-10 overlap**: the share of each query's reference top-k that is also in the device's top-k,
+  averaged over queries (what a RAG pipeline that keeps k documents sees change); None where a query has no
+  more than k documents.
+
+``check_device`` scores the :data:`CANARY_SET` by default: each query of :data:`PRECISION_SET` against all 16 of
+its documents and 4 more (20 documents a query, 80 pairs), so a top-10 is a real cut.
 
 Pass/fail thresholds (all overridable):
 
@@ -29,10 +35,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from .devices import CpuBf16Support
+
 __all__ = [
     "DEFAULT_MAX_ABS_DIFF",
     "DEFAULT_MIN_RANK_AGREEMENT",
     "DEFAULT_MIN_TOP1_AGREEMENT",
+    "CANARY_SET",
     "PRECISION_SET",
     "PrecisionQuery",
     "PrecisionReport",
@@ -41,6 +50,7 @@ __all__ = [
     "compare_scores",
     "default_max_abs_diff",
     "rank_agreement",
+    "top_k_overlap",
 ]
 
 
@@ -94,6 +104,22 @@ PRECISION_SET: tuple[PrecisionQuery, ...] = (
     ),
 )
 
+_CANARY_EXTRA_DOCUMENTS = (
+    "Beijing hosted the Summer Olympic Games in 2008.",
+    "To change a user's password on Linux, run passwd followed by the user name as root.",
+    "植物通过根从土壤中吸收水分和矿物质。",
+    "电饭煲是一种用电加热来煮饭的厨房电器。",
+)
+# Every precision query against every document of the set and four more near-misses: 20 documents a query, so
+# the top-5 and top-10 are real cuts and most documents are unrelated to the query, as in a retriever's list.
+CANARY_SET: tuple[PrecisionQuery, ...] = tuple(
+    PrecisionQuery(
+        query=item.query,
+        documents=tuple(doc for other in PRECISION_SET for doc in other.documents) + _CANARY_EXTRA_DOCUMENTS,
+    )
+    for item in PRECISION_SET
+)
+
 DEFAULT_MAX_ABS_DIFF = {"float32": 1e-4, "bfloat16": 0.02, "float16": 0.02}
 DEFAULT_MIN_RANK_AGREEMENT = 0.9
 DEFAULT_MIN_TOP1_AGREEMENT = 1.0
@@ -132,6 +158,29 @@ def rank_agreement(reference: Sequence[float], candidate: Sequence[float], *, ti
     return 1.0 if counted == 0 else (agreeing - disagreeing) / counted
 
 
+def top_k_overlap(reference: Sequence[float], candidate: Sequence[float], k: int) -> float | None:
+    """The share of the reference's k best documents that are among the candidate's k best, in [0, 1]; None when
+    there are no more than ``k`` documents (every document is then in both top-k: nothing to measure)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k!r}")
+    if len(reference) != len(candidate):
+        raise ValueError(
+            f"reference and candidate must have the same length, got {len(reference)} and {len(candidate)}"
+        )
+    if len(reference) <= k:
+        return None
+
+    def best(scores: Sequence[float]) -> set[int]:
+        return set(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
+
+    return len(best(reference) & best(candidate)) / k
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return sum(known) / len(known) if known else None
+
+
 def _same_top1(reference: Sequence[float], candidate: Sequence[float], tie_tolerance: float) -> bool:
     # The candidate's best document must be one of the reference's best (within the tolerance).
     candidate_best = max(range(len(candidate)), key=candidate.__getitem__)
@@ -147,6 +196,8 @@ class QueryAgreement(BaseModel):
     max_abs_diff: float
     rank_agreement: float = Field(description="Kendall's tau of the two orders (ties within tolerance skipped).")
     top1_match: bool
+    top5_overlap: float | None = Field(None, description="Share of the reference top-5 in the device top-5.")
+    top10_overlap: float | None = Field(None, description="Share of the reference top-10 in the device top-10.")
 
 
 class PrecisionReport(BaseModel):
@@ -159,11 +210,22 @@ class PrecisionReport(BaseModel):
     mean_abs_diff: float
     rank_agreement: float = Field(description="Mean over queries of Kendall's tau.")
     top1_agreement: float = Field(description="Share of queries with the same best document.")
+    top5_overlap: float | None = Field(
+        None, description="Mean over queries of the share of the reference top-5 in the device top-5 (None: no "
+        "query has more than 5 documents)."
+    )
+    top10_overlap: float | None = Field(
+        None, description="Mean over queries of the share of the reference top-10 in the device top-10 (None: no "
+        "query has more than 10 documents)."
+    )
     threshold_max_abs_diff: float
     threshold_rank_agreement: float
     threshold_top1_agreement: float
     queries: list[QueryAgreement]
     failures: list[str] = Field(description="Why the check failed, one line per failed threshold; empty on pass.")
+    cpu: CpuBf16Support | None = Field(
+        None, description="The CPU's bf16 units and the dtype advice for it, when the device checked is the CPU."
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -238,6 +300,8 @@ def compare_scores(
                 max_abs_diff=max(abs(r - c) for r, c in zip(ref, cand)),
                 rank_agreement=rank_agreement(ref, cand, tie_tolerance=max_abs_diff),
                 top1_match=_same_top1(ref, cand, max_abs_diff),
+                top5_overlap=top_k_overlap(ref, cand, 5),
+                top10_overlap=top_k_overlap(ref, cand, 10),
             )
         )
     diffs = [abs(r - c) for q in per_query for r, c in zip(q.reference_scores, q.device_scores)]
@@ -246,6 +310,8 @@ def compare_scores(
         "mean_abs_diff": sum(diffs) / len(diffs),
         "rank_agreement": sum(q.rank_agreement for q in per_query) / len(per_query),
         "top1_agreement": sum(q.top1_match for q in per_query) / len(per_query),
+        "top5_overlap": _mean_or_none([q.top5_overlap for q in per_query]),
+        "top10_overlap": _mean_or_none([q.top10_overlap for q in per_query]),
     }
     failures = []
     if report_numbers["max_abs_diff"] > max_abs_diff:
@@ -278,7 +344,7 @@ def check_device(
     max_abs_diff: float | None = None,
     min_rank_agreement: float = DEFAULT_MIN_RANK_AGREEMENT,
     min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
-    pairs: Sequence[PrecisionQuery] = PRECISION_SET,
+    pairs: Sequence[PrecisionQuery] = CANARY_SET,
     **scorer_options: Any,
 ) -> PrecisionReport:
     """Score ``pairs`` with ``model`` on ``device``/``dtype`` and on CPU fp32, and compare.
@@ -293,7 +359,7 @@ def check_device(
         max_abs_diff: the accepted score error; ``None`` picks it from the resolved dtype
             (:data:`DEFAULT_MAX_ABS_DIFF`).
         min_rank_agreement, min_top1_agreement: see :func:`compare_scores`.
-        pairs: the queries and documents to score; the built-in :data:`PRECISION_SET` by default.
+        pairs: the queries and documents to score; the built-in :data:`CANARY_SET` by default (80 pairs).
         **scorer_options: other LocalScorer fields (``source``, ``revision``, ``local_files_only``...).
 
     Raises:
@@ -301,8 +367,7 @@ def check_device(
         DeviceNotAvailableError: ``device`` is not available here.
         ModelLoadError: the model could not be loaded.
     """
-    from .devices import resolve_dtype
-    from .devices import empty_cache
+    from .devices import cpu_bf16_support, empty_cache, resolve_dtype
     from .local import LocalScorer
 
     if max_abs_diff is not None:
@@ -324,7 +389,7 @@ def check_device(
         empty_cache(torch_device)
         reference = LocalScorer(model, device="cpu", dtype="float32", **scorer_options)
         reference_scores = _score_set(reference, pairs)
-    return compare_scores(
+    report = compare_scores(
         reference_scores,
         device_scores,
         queries=[item.query for item in pairs],
@@ -334,3 +399,6 @@ def check_device(
         min_rank_agreement=min_rank_agreement,
         min_top1_agreement=min_top1_agreement,
     )
+    if torch_device.type == "cpu":
+        report = report.model_copy(update={"cpu": cpu_bf16_support()})
+    return report

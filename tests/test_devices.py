@@ -150,3 +150,53 @@ def test_bfloat16_on_cpu_stays_close(tiny_model_dir, local_scorer, documents):
     expected = local_scorer.score("What is the capital of China?", documents)
     assert bf16._model.dtype is torch.bfloat16
     assert max(abs(a - b) for a, b in zip(got, expected)) < 0.05
+
+
+# ------------------------------------------------------------------------------------------------ CPU bf16 units
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
+ZEN3 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "amx", "avx512_bf16", "arm_bf16", "recommended", "why"),
+    [
+        (SAPPHIRE_RAPIDS, True, True, False, "bfloat16", "has AMX-BF16"),
+        (ZEN4, False, True, False, "bfloat16", "has AVX512-BF16 (no AMX)"),
+        (ZEN3, False, False, False, "float32", "no bf16 units"),
+        (GRAVITON3, False, False, True, "bfloat16", "has Arm BF16"),
+    ],
+    ids=["amx", "avx512-bf16", "avx2-only", "arm-bf16"],
+)
+def test_cpu_bf16_units_are_read_from_the_cpu_flags(cpuinfo, amx, avx512_bf16, arm_bf16, recommended, why):
+    support = devices.cpu_bf16_support(cpuinfo)
+    assert (support.has_amx, support.has_avx512_bf16, support.has_arm_bf16) == (amx, avx512_bf16, arm_bf16)
+    assert support.has_bf16_units is (recommended == "bfloat16")
+    assert support.recommended_dtype == recommended and why in support.reason
+    # auto stays exact whatever the CPU: bf16 is recommended, never picked silently.
+    assert support.auto_dtype == "float32" and "official scores" in support.reason
+
+
+def test_amx_tile_without_amx_bf16_is_not_amx():
+    support = devices.cpu_bf16_support("flags\t: avx2 amx_tile amx_int8\n")
+    assert not support.has_amx and support.recommended_dtype == "float32"
+
+
+def test_auto_dtype_on_cpu_is_float32_even_with_amx(monkeypatch):
+    monkeypatch.setattr(devices, "_system_cpu_bf16_support", lambda: devices.cpu_bf16_support(SAPPHIRE_RAPIDS))
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
+
+
+def test_unreadable_cpuinfo_recommends_nothing(monkeypatch, tmp_path):
+    devices._system_cpu_bf16_support.cache_clear()
+    monkeypatch.setattr(devices, "_CPUINFO", tmp_path / "missing")
+    try:
+        support = devices.cpu_bf16_support()
+    finally:
+        devices._system_cpu_bf16_support.cache_clear()
+    assert support.flags_source == "unknown" and not support.has_bf16_units and "unknown" in support.reason
+
+
+def test_cpu_bf16_support_reports_torch_capability():
+    assert devices.cpu_bf16_support(ZEN3).torch_capability == torch.backends.cpu.get_cpu_capability()

@@ -40,7 +40,12 @@ def check_device(
         OutputFormat.table
     ),
 ) -> None:
-    """Check that DEVICE/DTYPE scores like CPU float32: 16 built-in English and Chinese pairs, same model.
+    """Check that DEVICE/DTYPE scores like CPU float32: 80 built-in English and Chinese pairs, same model.
+
+    Four queries, each against the same 20 documents (relevant, near-miss, unrelated); reports the score
+    difference, Kendall's tau and the top-5/top-10 overlap per query. On CPU it also reports the CPU's bf16 units
+    (AMX, AVX512-BF16) and recommends --dtype bfloat16 where they exist: `--device cpu --dtype bfloat16` measures
+    what bf16 does to your model's scores.
 
     Fails (exit 1) when the largest score difference exceeds --max-abs-diff, the mean per-query Kendall's
     tau is below --min-rank-agreement, or the share of queries with the same best document is below
@@ -70,11 +75,13 @@ def _print_precision_report(report: Any, model: str) -> None:
     out = console()
     out.print(Text(f"Precision check of {model}: {report.device} {report.dtype} vs {report.reference}"))
     if report.device == "cpu" and report.dtype == "float32":
-        out.print("note: this compares CPU float32 with itself; pass --device to check an accelerator")
-    table = Table("query", "max abs diff", "Kendall tau", "top-1")
+        out.print("note: this compares CPU float32 with itself; pass --device to check an accelerator, or "
+                  "--dtype bfloat16 to measure bf16 on this CPU")
+    table = Table("query", "max abs diff", "Kendall tau", "top-1", "top-5", "top-10")
     for item in report.queries:
         table.add_row(Text(item.query), f"{item.max_abs_diff:.3g}", f"{item.rank_agreement:.3f}",
-                      "same" if item.top1_match else "[red]differs[/red]")
+                      "same" if item.top1_match else "[red]differs[/red]", _share(item.top5_overlap),
+                      _share(item.top10_overlap))
     out.print(table)
     out.print(f"max abs diff    {report.max_abs_diff:.3g} (<= {report.threshold_max_abs_diff:g}) "
                   f"{verdict(report.max_abs_diff <= report.threshold_max_abs_diff)}")
@@ -83,4 +90,16 @@ def _print_precision_report(report: Any, model: str) -> None:
                   f"{verdict(report.rank_agreement >= report.threshold_rank_agreement)}")
     out.print(f"top-1 agreement {report.top1_agreement:.3f} (>= {report.threshold_top1_agreement:g}) "
                   f"{verdict(report.top1_agreement >= report.threshold_top1_agreement)}")
+    out.print(f"top-5 overlap   {_share(report.top5_overlap)}   top-10 overlap {_share(report.top10_overlap)}")
     out.print("[green]PASS[/green]" if report.passed else f"[red]FAIL[/red]: {'; '.join(report.failures)}")
+    if report.cpu is not None:
+        cpu = report.cpu
+        units = ", ".join(name for name, present in (("AMX-BF16", cpu.has_amx), ("AVX512-BF16", cpu.has_avx512_bf16),
+                                                     ("Arm BF16", cpu.has_arm_bf16)) if present) or "none"
+        out.print(Text(f"CPU bf16 units: {units} (torch kernels: {cpu.torch_capability or 'unknown'}); "
+                       f"recommended dtype: {cpu.recommended_dtype}"))
+        out.print(Text(f"why: {cpu.reason}"))
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
