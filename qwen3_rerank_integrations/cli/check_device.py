@@ -77,7 +77,7 @@ def _print_precision_report(report: Any, model: str) -> None:
     if report.device == "cpu" and report.dtype == "float32":
         out.print("note: this compares CPU float32 with itself; pass --device to check an accelerator, or "
                   "--dtype bfloat16 to measure bf16 on this CPU")
-    table = Table("query", "max abs diff", "Kendall tau", "top-1", "top-5", "top-10")
+    table = Table("query", "max|Δ|", "tau", "top-1", "top-5", "top-10")  # tau: Kendall's, per query
     for item in report.queries:
         table.add_row(Text(item.query), f"{item.max_abs_diff:.3g}", f"{item.rank_agreement:.3f}",
                       "same" if item.top1_match else "[red]differs[/red]", _share(item.top5_overlap),
