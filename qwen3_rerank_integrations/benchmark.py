@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -65,6 +65,10 @@ class BenchmarkConfig(BaseModel):
     docs: int | None = Field(None, gt=0, description="Documents to score; None = 48 on CPU, 512 on accelerators.")
     device: str = Field("cpu", description="Device for all methods: 'cpu', 'cuda', 'npu', 'mps' or 'auto'.")
     dtype: str = Field("auto", description="dtype for all methods: 'auto' (fp32 on CPU, bf16 on GPU/NPU), ...")
+    workload: Literal["mixed", "rag"] = Field(
+        "mixed", description="'mixed': one query, documents of 20-360 words; 'rag': one query, documents of 150 words "
+        "each (a retriever's top-k, as a RAG pipeline reranks it; 20 documents unless `docs` says otherwise)."
+    )
     reps: int = Field(2, gt=0, description="Timed repetitions per method (taking turns); the best is reported.")
     crossencoder_batch_size: int = Field(32, gt=0, description="sentence-transformers batch size.")
     official_batch_size: int = Field(16, gt=0, description="Batch size of the official method (as in its README).")
@@ -95,6 +99,10 @@ class BenchmarkReport(BaseModel):
     load_average: tuple[float | None, float | None] = Field(
         (None, None), description="1-minute load average before and after the timed repetitions."
     )
+    workload: str = Field("mixed", description="The workload: 'mixed' lengths or the uniform 'rag' call.")
+    cpu_bf16_units: bool | None = Field(
+        None, description="On CPU in bfloat16: whether the CPU has bf16 matrix units (AMX, AVX512-BF16, Arm BF16)."
+    )
 
     def result(self, name: str) -> MethodResult:
         return next(r for r in self.results if r.name == name)
@@ -103,7 +111,10 @@ class BenchmarkReport(BaseModel):
     @property
     def caveats(self) -> list[str]:
         notes = []
-        if self.documents < MIN_DOCUMENTS:
+        if self.cpu_bf16_units is False:
+            notes.append("this CPU has no bf16 units (no AMX, no AVX512-BF16): torch runs bf16 in software, far "
+                         "slower than float32; these are not the figures of a CPU with bf16 units")
+        if self.documents < MIN_DOCUMENTS and self.workload != "rag":
             notes.append(f"{self.documents} documents do not fill a batch (use --docs {MIN_DOCUMENTS} or more)")
         reps = min((len(r.all_seconds) for r in self.results), default=0)
         if 0 < reps < MIN_REPS:
@@ -121,7 +132,7 @@ class BenchmarkReport(BaseModel):
             f" load average={self.load_average[0]} -> {self.load_average[1]}"
         )
         lines = [
-            f"device={self.device} dtype={self.dtype} model={self.model} "
+            f"device={self.device} dtype={self.dtype} model={self.model} workload={self.workload} "
             f"documents={self.documents} tokens={self.real_tokens}{load}",
             *(f"note: the speed ratios below mean little: {caveat}" for caveat in self.caveats),
             f"{'method':<14}{'seconds':>9}{'tokens/s':>11}{'pairs/s':>9}{'peak GiB':>10}"
@@ -176,9 +187,14 @@ def _save_random_model(folder: Path, tokenizer_dir: str | None, layers: int, dty
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
 
 
-def _workload(count: int, seed: int) -> list[str]:
+RAG_DOCUMENTS = 20
+RAG_WORDS = 150
+
+
+def _workload(count: int, seed: int, kind: str = "mixed") -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(20, 360))) for _ in range(count)]
+    lengths = [RAG_WORDS if kind == "rag" else rng.randint(20, 360) for _ in range(count)]
+    return [" ".join(rng.choice(_WORDS) for _ in range(length)) for length in lengths]
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -318,7 +334,8 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     on_cpu = device.type == "cpu"
-    documents = _workload(config.docs or (48 if on_cpu else 512), config.seed)
+    default_docs = RAG_DOCUMENTS if config.workload == "rag" else (48 if on_cpu else 512)
+    documents = _workload(config.docs or default_docs, config.seed, config.workload)
     with tempfile.TemporaryDirectory(prefix="qwen3-rerank-bench-") as tmp:
         if config.model is None:
             layers = config.layers or (4 if on_cpu else 28)
@@ -352,9 +369,14 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
             all_seconds=r["all_seconds"],
         ))
     device_label = str(device) if on_cpu else f"{device} ({_device_name(device)})"
+    units = None
+    if on_cpu and str(dtype) == "torch.bfloat16":
+        from .devices import cpu_bf16_support
+
+        units = cpu_bf16_support().has_bf16_units
     return BenchmarkReport(device=device_label, dtype=str(dtype).removeprefix("torch."), model=model_label,
                            documents=len(documents), real_tokens=real_tokens, results=results,
-                           load_average=(load_before, load_after))
+                           load_average=(load_before, load_after), workload=config.workload, cpu_bf16_units=units)
 
 
 def _run_workers(spec_path: Path, reps: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:

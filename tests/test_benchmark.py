@@ -62,3 +62,38 @@ def test_table_has_ratios_and_load_average():
     assert "load average=1.5 -> 2.25" in table
     local_row = table.splitlines()[-1].split()
     assert local_row[0] == "local_scorer" and local_row[5:7] == ["4.00", "2.00"]
+
+
+def test_rag_workload_is_twenty_documents_of_150_words():
+    documents = benchmark._workload(benchmark.RAG_DOCUMENTS, 1, "rag")
+    assert len(documents) == 20 and {len(doc.split()) for doc in documents} == {150}
+    assert len({len(doc.split()) for doc in benchmark._workload(20, 1, "mixed")}) > 1
+
+
+def test_cli_passes_dtype_and_workload_to_the_benchmark(monkeypatch):
+    seen = {}
+
+    def fake(config, log):
+        seen["config"] = config
+        raise BenchmarkError("stop here")
+
+    monkeypatch.setattr(benchmark, "run_benchmark", fake)
+    CliRunner().invoke(app, ["bench", "--dtype", "bfloat16", "--workload", "rag", "--layers", "28"])
+    config = seen["config"]
+    assert (config.dtype, config.workload, config.layers, config.docs) == ("bfloat16", "rag", 28, None)
+
+
+def _report(**fields):
+    results = [MethodResult(name=n, seconds=2.0, tokens_per_s=50, pairs_per_s=1, peak_gib=1, all_seconds=[2, 2])
+               for n in benchmark.METHODS]
+    return BenchmarkReport(**{"device": "cpu", "dtype": "bfloat16", "model": "m", "documents": 20,
+                              "real_tokens": 100, "results": results, **fields})
+
+
+def test_table_says_when_cpu_bf16_runs_without_bf16_units():
+    report = _report(workload="rag", cpu_bf16_units=False)
+    assert any("no bf16 units" in note for note in report.caveats)
+    assert "workload=rag" in report.table() and "software" in report.table()
+    # The uniform RAG call is 20 documents by design: no "do not fill a batch" note for it.
+    assert not any("fill a batch" in note for note in report.caveats)
+    assert not any("bf16 units" in note for note in _report(workload="rag", cpu_bf16_units=True).caveats)
