@@ -35,6 +35,7 @@ from .prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_body
 __all__ = ["BenchmarkConfig", "BenchmarkError", "MethodResult", "BenchmarkReport", "run_benchmark"]
 
 METHODS = ("official", "crossencoder", "local_scorer")
+FUSED_METHOD = "local_fused"  # LocalScorer(fused=True), with BenchmarkConfig(fused=True)
 # Below these the speed ratios are mostly noise: a few documents do not fill a batch, one repetition has no best-of
 # to shed a hiccup, and a run of a fraction of a second is dominated by timer and scheduling jitter.
 MIN_DOCUMENTS = 32
@@ -68,6 +69,9 @@ class BenchmarkConfig(BaseModel):
     workload: Literal["mixed", "rag"] = Field(
         "mixed", description="'mixed': one query, documents of 20-360 words; 'rag': one query, documents of 150 words "
         "each (a retriever's top-k, as a RAG pipeline reranks it; 20 documents unless `docs` says otherwise)."
+    )
+    fused: bool = Field(
+        False, description="Also time LocalScorer(fused=True) (row local_fused; its compile warm-up is untimed)."
     )
     reps: int = Field(2, gt=0, description="Timed repetitions per method (taking turns); the best is reported.")
     crossencoder_batch_size: int = Field(32, gt=0, description="sentence-transformers batch size.")
@@ -244,11 +248,16 @@ def _crossencoder(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
     ).tolist()
 
 
-def _local_scorer(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
+def _local_scorer(spec: dict[str, Any], fused: bool = False) -> Callable[[list[str]], list[float]]:
     from .local import LocalScorer
 
-    scorer = LocalScorer(spec["model"], device=spec["device"], dtype=spec["dtype_name"].removeprefix("torch.")).load()
+    dtype = spec["dtype_name"].removeprefix("torch.")
+    scorer = LocalScorer(spec["model"], device=spec["device"], dtype=dtype, fused=fused).load()
     return lambda documents: scorer.score(spec["query"], documents)
+
+
+def _local_fused(spec: dict[str, Any]) -> Callable[[list[str]], list[float]]:
+    return _local_scorer(spec, fused=True)
 
 
 def _worker(method: str, spec_path: str) -> None:
@@ -261,7 +270,9 @@ def _worker(method: str, spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     spec["dtype"] = getattr(torch, spec["dtype_name"].removeprefix("torch."))
     accelerator = getattr(torch, torch.device(spec["device"]).type, None) if spec["device"] != "cpu" else None
-    run = {"official": _official, "crossencoder": _crossencoder, "local_scorer": _local_scorer}[method](spec)
+    makers = {"official": _official, "crossencoder": _crossencoder, "local_scorer": _local_scorer,
+              FUSED_METHOD: _local_fused}
+    run = makers[method](spec)
     run(spec["documents"][:8])  # warm-up: kernels, allocator, tokenizer caches
     if accelerator is not None:
         accelerator.synchronize()
@@ -356,11 +367,12 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         load_before = _load_average()
-        raw = _run_workers(spec_path, config.reps, log)
+        methods = (*METHODS, FUSED_METHOD) if config.fused else METHODS
+        raw = _run_workers(spec_path, config.reps, log, methods)
         load_after = _load_average()
     official_scores = raw["official"]["scores"]
     results = []
-    for method in METHODS:
+    for method in methods:
         r = raw[method]
         diff = max(abs(a - b) for a, b in zip(r["scores"], official_scores)) if method != "official" else None
         results.append(MethodResult(
@@ -379,16 +391,18 @@ def run_benchmark(config: BenchmarkConfig, *, log: Callable[[str], None] = print
                            load_average=(load_before, load_after), workload=config.workload, cpu_bf16_units=units)
 
 
-def _run_workers(spec_path: Path, reps: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def _run_workers(
+    spec_path: Path, reps: int, log: Callable[[str], None], methods: tuple[str, ...] = METHODS
+) -> dict[str, dict[str, Any]]:
     """Start the methods' processes one after the other (each loads and warms up alone), then let them take
     turns, one repetition each per round in rotating order; collect each one's times, peak memory and scores."""
     workers: list[_Worker] = []
     try:
-        for method in METHODS:
+        for method in methods:
             log(f"loading {method} ...")
             workers.append(_Worker(method, spec_path))
             workers[-1].ask(None)  # "ready"
-        times: dict[str, list[float]] = {method: [] for method in METHODS}
+        times: dict[str, list[float]] = {method: [] for method in methods}
         for round_number in range(reps):
             turn = workers[round_number % len(workers):] + workers[: round_number % len(workers)]
             for worker in turn:

@@ -45,6 +45,9 @@ def bench(
         typer.Option(help="'mixed': documents of 20-360 words; 'rag': 1 query x 20 documents of 150 words (a RAG "
                      "pipeline's call; --docs changes the count)."),
     ] = Workload.mixed,
+    fused: Annotated[
+        bool, typer.Option(help="Also time LocalScorer(fused=True) (row local_fused; its compile warm-up is untimed).")
+    ] = False,
     reps: Annotated[int, typer.Option(min=1, help="Timed repetitions per method; the best is reported.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the random workload.")] = 1,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="A table or JSON.")] = OutputFormat.table,
@@ -62,6 +65,6 @@ def bench(
     with exit_on_error():
         require("qwen3-rerank bench")
         config = BenchmarkConfig(model=model, tokenizer=tokenizer, layers=layers, docs=docs, device=device,
-                                 dtype=dtype.value, workload=workload.value, reps=reps, seed=seed)
+                                 dtype=dtype.value, workload=workload.value, fused=fused, reps=reps, seed=seed)
         report = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
     typer.echo(report.model_dump_json(indent=2) if output_format is OutputFormat.json else report.table())
