@@ -78,9 +78,10 @@ def test_cli_passes_dtype_and_workload_to_the_benchmark(monkeypatch):
         raise BenchmarkError("stop here")
 
     monkeypatch.setattr(benchmark, "run_benchmark", fake)
-    CliRunner().invoke(app, ["bench", "--dtype", "bfloat16", "--workload", "rag", "--layers", "28"])
+    CliRunner().invoke(app, ["bench", "--dtype", "bfloat16", "--workload", "rag", "--layers", "28", "--fused"])
     config = seen["config"]
     assert (config.dtype, config.workload, config.layers, config.docs) == ("bfloat16", "rag", 28, None)
+    assert config.fused is True
 
 
 def _report(**fields):
@@ -88,6 +89,14 @@ def _report(**fields):
                for n in benchmark.METHODS]
     return BenchmarkReport(**{"device": "cpu", "dtype": "bfloat16", "model": "m", "documents": 20,
                               "real_tokens": 100, "results": results, **fields})
+
+
+def test_table_has_a_row_for_the_fused_path():
+    results = [MethodResult(name=n, seconds=s, tokens_per_s=100 / s, pairs_per_s=1 / s, peak_gib=1, all_seconds=[s, s])
+               for n, s in (("official", 4.0), ("crossencoder", 2.0), ("local_scorer", 1.0), ("local_fused", 0.8))]
+    report = BenchmarkReport(device="cpu", dtype="float32", model="m", documents=40, real_tokens=100, results=results)
+    fused_row = report.table().splitlines()[-1].split()
+    assert fused_row[0] == benchmark.FUSED_METHOD and fused_row[5:7] == ["5.00", "2.50"]
 
 
 def test_table_says_when_cpu_bf16_runs_without_bf16_units():
