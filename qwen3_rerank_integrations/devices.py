@@ -29,8 +29,15 @@ from .errors import DeviceNotAvailableError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CpuBf16Support", "DTypeName", "cpu_bf16_support", "resolve_device", "resolve_dtype", "npu_available",
-           "empty_cache"]
+__all__ = [
+    "CpuBf16Support",
+    "DTypeName",
+    "cpu_bf16_support",
+    "empty_cache",
+    "npu_available",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda|npu)(?::(\d+))?$")

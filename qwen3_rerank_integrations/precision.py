@@ -38,10 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from .devices import CpuBf16Support
 
 __all__ = [
+    "CANARY_SET",
     "DEFAULT_MAX_ABS_DIFF",
     "DEFAULT_MIN_RANK_AGREEMENT",
     "DEFAULT_MIN_TOP1_AGREEMENT",
-    "CANARY_SET",
     "PRECISION_SET",
     "PrecisionQuery",
     "PrecisionReport",

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
+from ..benchmark import BenchmarkConfig
 from ..extras import require
 from .app import app, exit_on_error
-from ..benchmark import BenchmarkConfig
 from .options import DType, OutputFormat, device_option, dtype_option, literal_enum
 
 Workload = literal_enum("Workload", BenchmarkConfig.model_fields["workload"].annotation)
