@@ -189,7 +189,7 @@ class CpuBf16Support(BaseModel):
         if self.flags_source == "unknown":
             return f"{auto}; this CPU's bf16 units are unknown (no /proc/cpuinfo), so bf16 is not recommended"
         return (f"{auto}; this CPU has no bf16 units (no AMX, no AVX512-BF16), so torch converts bf16 in software: "
-                "usually slower than float32, and inexact")
+                "far slower than float32 (~60x on an AVX2 EPYC), and inexact")
 
 
 def cpu_bf16_support(cpuinfo: str | None = None) -> CpuBf16Support:
