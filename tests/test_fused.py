@@ -101,3 +101,11 @@ def test_npu_path_uses_torch_npu_fused_ops_and_scores_like_the_default(
     got = scorer.score(QUERY, documents)
     assert {"rms_norm", "swiglu", "rotary_mul"} <= set(calls)
     assert max(abs(a - b) for a, b in zip(got, local_scorer.score(QUERY, documents))) <= 1e-5
+
+
+def test_fused_bfloat16_scores_stay_within_the_bf16_residue_of_the_default_bf16_path(tiny_model_dir, documents):
+    default = LocalScorer(str(tiny_model_dir), device="cpu", dtype="bfloat16").score(QUERY, documents)
+    fused_bf16 = LocalScorer(str(tiny_model_dir), device="cpu", dtype="bfloat16", fused=True)
+    got = fused_bf16.score(QUERY, documents)
+    assert fused_bf16.fused_report.compiles <= 4
+    assert max(abs(a - b) for a, b in zip(got, default)) <= 0.02  # docs/local-scorer.md#stable-scores
