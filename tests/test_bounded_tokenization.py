@@ -33,10 +33,8 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def tokenizer(qwen_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+def tokenizer(qwen_tokenizer):
+    return qwen_tokenizer
 
 
 def _ids(tokenizer, text: str) -> list[int]:

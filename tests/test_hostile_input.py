@@ -58,10 +58,8 @@ def frame_controls(tokenizer, control_ids) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------ the transform
-def test_control_token_list_is_the_tokenizers_added_tokens(qwen_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    real = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+def test_control_token_list_is_the_tokenizers_added_tokens(qwen_tokenizer):
+    real = qwen_tokenizer
     added = [token.content for _, token in sorted(real.added_tokens_decoder.items())]
     assert list(CONTROL_TOKENS) == added
     assert len(real) == 151669 and len(added) == 26

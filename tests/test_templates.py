@@ -16,10 +16,8 @@ QUERIES = ["What is the capital of China?", "北京?", "ends in newline\n", "�
 
 
 @pytest.fixture(scope="module")
-def tokenizer(qwen_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+def tokenizer(qwen_tokenizer):
+    return qwen_tokenizer
 
 
 def rendered_ids(tokenizer, template: str, query: str, document: str, instruction: str | None) -> list[int]:

@@ -26,10 +26,8 @@ EXTRA_DOCUMENTS = ["  leading spaces", "\n\nnewlines first", ":) punctuation fir
 
 
 @pytest.fixture(scope="module")
-def tokenizer(qwen_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+def tokenizer(qwen_tokenizer):
+    return qwen_tokenizer
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -228,9 +228,33 @@ def test_tls_is_verified_by_default():
 
     from qwen3_rerank_integrations.vllm.transport import client_options
 
-    assert client_options(VLLMScorer("https://vllm.example"))["verify"] is True
+    default = client_options(VLLMScorer("https://vllm.example"))["verify"]
+    assert isinstance(default, ssl.SSLContext) and default.verify_mode == ssl.CERT_REQUIRED and default.check_hostname
+    assert default.cert_store_stats()["x509_ca"] > 0  # the CA bundle is loaded
+    # Built once: every client with verify=True shares it (loading the CA bundle is most of a client's cost).
+    assert client_options(VLLMScorer("https://other.example"), is_async=True)["verify"] is default
     context = client_options(VLLMScorer("https://vllm.example", verify=certifi.where()))["verify"]
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context is not default  # a CA bundle of the caller's gets its own context
+    assert client_options(VLLMScorer("https://vllm.example", verify=False))["verify"] is False
+
+
+def test_tls_default_follows_ssl_cert_file_as_httpx_does(monkeypatch, tmp_path):
+    import shutil
+    import ssl
+
+    import certifi
+
+    from qwen3_rerank_integrations.vllm.transport import client_options
+
+    default = client_options(VLLMScorer("https://vllm.example"))["verify"]
+    bundle = shutil.copy(certifi.where(), tmp_path / "ca.pem")
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    context = client_options(VLLMScorer("https://vllm.example"))["verify"]
+    assert context is not default and context.verify_mode == ssl.CERT_REQUIRED
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(FileNotFoundError):  # read when the client is made, as httpx reads it
+        client_options(VLLMScorer("https://vllm.example"))
 
 
 # ------------------------------------------------------------------------------------------------ bad input

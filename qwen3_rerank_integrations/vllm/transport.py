@@ -27,7 +27,9 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import functools
 import logging
+import os
 import random
 import ssl
 import threading
@@ -382,6 +384,21 @@ class Connections:
         self.close()
 
 
+def default_ssl_context() -> ssl.SSLContext:
+    """The verifying TLS context of ``verify=True``: httpx's own default (certifi's CAs, or ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` when set), built once per value of those variables and shared by every client, since loading
+    the CA bundle is most of what creating an httpx client costs. Connections only read it (httpx sets the same
+    ALPN list on it for every HTTP/1.1 connection, as it does within one client)."""
+    return _verified_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _verified_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    import httpx
+
+    return httpx.create_ssl_context(verify=True, trust_env=True)  # reads the variables the key names
+
+
 def client_options(settings: Settings, *, is_async: bool = False) -> dict[str, Any]:
     """httpx client settings. No base_url: each request names its replica's URL."""
     import httpx
@@ -395,9 +412,13 @@ def client_options(settings: Settings, *, is_async: bool = False) -> dict[str, A
         headers["Authorization"] = "Basic " + base64.b64encode(
             settings.basic_auth.get_secret_value().encode()
         ).decode()
-    verify: bool | ssl.SSLContext = (
-        settings.verify if isinstance(settings.verify, bool) else ssl.create_default_context(cafile=settings.verify)
-    )
+    verify: bool | ssl.SSLContext
+    if settings.verify is True:
+        verify = default_ssl_context()
+    elif settings.verify is False:
+        verify = False
+    else:
+        verify = ssl.create_default_context(cafile=settings.verify)  # a CA bundle of the caller's: its own context
     # Every replica may have a call's max_concurrency requests in flight (a call spreads them, but concurrent
     # calls add up); the pool's size only bounds sockets, never the requests' own time.
     connections = settings.max_concurrency * len(settings.base_urls)
