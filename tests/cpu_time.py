@@ -12,6 +12,8 @@ import os
 import resource
 import time
 
+import pytest
+
 _WALL_START = time.monotonic()  # when conftest imported this plugin (pytest's own start-up comes before)
 
 
@@ -34,7 +36,33 @@ def cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
+_PER_TEST: dict[str, float] = {}  # test id -> CPU seconds of its setup, call and teardown (with --cpu-durations)
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--cpu-durations", type=int, default=None, metavar="N",
+                     help="list the N tests that took the most CPU seconds (setup, call and teardown; 0: all), "
+                     "which a loaded machine does not distort as it does --durations")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.config.getoption("cpu_durations") is None:
+        return (yield)
+    before = sum(cpu_seconds())
+    try:
+        return (yield)
+    finally:
+        _PER_TEST[item.nodeid] = sum(cpu_seconds()) - before
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
+    count = terminalreporter.config.getoption("cpu_durations")
+    if count is not None and _PER_TEST:
+        slowest = sorted(_PER_TEST.items(), key=lambda item: item[1], reverse=True)
+        terminalreporter.write_sep("=", "most CPU seconds per test (setup + call + teardown, subprocesses included)")
+        for nodeid, seconds in slowest[: count or None]:
+            terminalreporter.write_line(f"{seconds:7.2f}s  {nodeid}")
     own, children = cpu_seconds()
     age = _process_age_s()
     wall = age if age is not None else time.monotonic() - _WALL_START

@@ -235,6 +235,7 @@ def test_engine_only_options_are_refused_on_the_vllm_backend():
     assert_one_line_error(result, 2, "--dtype only applies to --backend local or engine")
 
 
+@pytest.mark.slow  # fast: test_eval.py::test_engine_backend_through_the_python_api, rerank's engine backend here
 def test_eval_engine_backend(tmp_path, tiny_model_dir, fake_vllm):
     from tests.test_engine import FakeLLM
     from tests.test_eval import BEIR_MINI, by_query, hashed_first_stage, trec_lines
@@ -294,6 +295,7 @@ def second_legacy_server(reference_model, vllm_standin_tokenizer):
     server.close()
 
 
+@pytest.mark.slow  # ~10 s CPU; fast: test_replicas.py, test_rerank_vllm_template_server_with_instruction_and_threshold
 def test_replicas_rerank_and_check_server(vllm_legacy_server, second_legacy_server, reference_scorer, documents):
     docs = [doc for doc in documents if doc.strip()] * 12  # more than one batch (64), so two requests
     args = ["--backend", "vllm", "--base-url", vllm_legacy_server.base_url, "--base-url",
@@ -337,6 +339,7 @@ def test_check_device_cpu_float32_passes(tiny_model_dir):
     assert all(item.query in result.stdout for item in PRECISION_SET if len(item.query) < 30)  # long ones wrap
 
 
+@pytest.mark.slow  # end to end; fast: test_check_device_cpu_float32_passes, test_compare_scores_fails_*
 def test_check_device_fails_on_bfloat16_held_to_a_tight_threshold(tiny_model_dir):
     result = invoke("check-device", "--model", tiny_model_dir, "--device", "cpu", "--dtype", "bfloat16",
                     "--max-abs-diff", "1e-9", "--format", "json")

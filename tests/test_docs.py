@@ -117,6 +117,7 @@ def _installed(module: str) -> bool:
 
 
 @pytest.mark.docs
+@pytest.mark.slow  # a whole mkdocs build; the pages' links and blocks: the fast tests here
 def test_site_builds_strict_with_the_api_reference(tmp_path):
     missing = [name for name in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers") if not _installed(name)]
     if missing:

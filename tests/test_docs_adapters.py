@@ -77,6 +77,7 @@ def vector_store(minilm_dir):
     return InMemoryVectorStore.from_texts(example_corpus(), HuggingFaceEmbeddings(model_name=str(minilm_dir)))
 
 
+@pytest.mark.slow  # the pages' code (~6 s CPU); the adapter itself: test_langchain_adapter.py
 def test_langchain_pages_run_and_rank_what_was_retrieved(vector_store, vllm_legacy_server, hub_model_dir,
                                                          reference_scorer, monkeypatch, capsys):
     from qwen3_rerank_integrations import LocalScorer
@@ -129,6 +130,7 @@ def llama_index_settings(monkeypatch):
     return Settings
 
 
+@pytest.mark.slow  # the pages' code; the adapter itself: test_llama_index_adapter.py
 def test_llama_index_pages_run_and_rank_what_was_retrieved(minilm_dir, vllm_template_server, hub_model_dir,
                                                            reference_scorer, llama_index_settings, monkeypatch,
                                                            capsys):

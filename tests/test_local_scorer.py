@@ -402,6 +402,7 @@ def test_system_prompt_reused_across_calls_equals_reference(tiny_model_dir, refe
     assert all(0 < rest for rest in computed[1:])
 
 
+@pytest.mark.slow  # four model loads; fast: test_system_prompt_reused_across_calls_equals_reference
 def test_scores_do_not_depend_on_earlier_calls(tiny_model_dir, documents):
     # A warm scorer (system prompt kept, other queries and instructions scored before) and a fresh one give the
     # same floats, bit for bit, in any call order: the prefix is always split the same way.
@@ -414,6 +415,7 @@ def test_scores_do_not_depend_on_earlier_calls(tiny_model_dir, documents):
         assert warm.score(query, documents[3:4]) == fresh.score(query, documents[3:4])
 
 
+@pytest.mark.slow  # fast: test_batched_equals_reference, test_tiny_batches_equal_one_big_batch
 def test_mixed_lengths_in_several_padded_batches_equal_reference(tiny_model_dir, reference_model, monkeypatch):
     # Lengths from 1 to ~300 tokens: several batches, some padded, some single rows.
     docs = ["Beijing " * n for n in (0, 1, 2, 3, 40, 41, 45, 60, 150, 151, 160, 300)]

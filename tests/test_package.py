@@ -77,6 +77,7 @@ sys.meta_path.insert(0, _Block())
 """
 
 
+@pytest.mark.slow  # a subprocess importing every module; fast: test_base_import_pulls_in_no_backend, the adapters'
 def test_every_wheel_module_imports_with_the_test_packages_blocked(tmp_path):
     # Run outside the repository (no tests/ on the path) with the fixture packages blocked too.
     modules = [

@@ -197,6 +197,7 @@ def _score_in_child(payload: bytes) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # a spawned interpreter (~10 s CPU); the fast tests above pickle and unpickle each object in-process
 def test_scorers_and_adapters_work_in_a_spawned_process(tiny_model_dir, vllm_legacy_server):
     from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
 

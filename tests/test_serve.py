@@ -496,7 +496,9 @@ def _refuses_connections(url: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+# SIGINT stays in the fast loop; the other signals take the same path (a subprocess each, ~1.5 s of CPU).
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+                                         pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
 def test_cli_serves_until_a_signal_then_stops_the_whole_group(fake_vllm, stop_signal):
     process = _start_cli(str(fake_vllm.model), "--python", sys.executable, "--port", "0", "--template", "server",
                          "--", "--enforce-eager")

@@ -75,6 +75,7 @@ def test_local_model_copy_update_takes_effect_and_leaves_the_original(tiny_model
     assert scorer.score(QUERY, DOCS) == before and scorer.max_length == 8192
 
 
+@pytest.mark.slow  # seven model loads; fast: test_local_model_copy_update_..., test_engine_model_copy_update_...
 def test_local_copy_then_assign_takes_effect_and_shares_nothing(tiny_model_dir):
     scorer = _local(tiny_model_dir)
     before = scorer.score(QUERY, DOCS)
@@ -113,6 +114,7 @@ def test_a_changed_scorer_never_serves_another_configurations_score_from_a_share
     assert store.stats.hits == len(DOCS)
 
 
+@pytest.mark.slow  # the sync path: test_local_assignment_after_use_takes_effect
 async def test_local_async_after_assignment(tiny_model_dir):
     scorer = _local(tiny_model_dir)
     await scorer.ascore(QUERY, DOCS)
@@ -327,6 +329,7 @@ def test_async_cache_field_after_a_setting_changed(tiny_model_dir):
 
 
 # ------------------------------------------------------------------------------------------------ the docs page
+@pytest.mark.slow  # the page's code; each behaviour it shows has its fast test here
 def test_the_settings_page_runs_and_prints_what_its_comments_say(tiny_model_dir, monkeypatch, capsys):
     import qwen3_rerank_integrations
     from tests.doc_blocks import ROOT, blocks_to_run, run_blocks
