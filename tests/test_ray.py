@@ -21,7 +21,8 @@ from qwen3_rerank_integrations.batch import RayOptions, ScoreGroup, score_groups
 from tests.conftest import skip_or_fail
 from tests.vllm_standin import VLLMStandIn
 
-pytestmark = pytest.mark.ray
+# Slow too: each test starts Ray Data and actors on a local cluster (68–82 s for the four), so the fast loop skips them.
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"num_cpus": 0.5, "batch_size": 2}  # two actors fit in the 2-CPU cluster with room for Ray Data
 

@@ -135,7 +135,9 @@ def test_wrong_scorer_answers_are_rerank_errors(answer, match):
         asyncio.run(arerank(FixedScorer(answer), QUERY, ["a", "b"]))
 
 
-def test_both_adapters_rank_through_rerank(monkeypatch):
+def test_both_adapters_score_and_rank_on_rerank_s_path(monkeypatch):
+    """The adapters score nothing themselves: each call goes to the scorer through the one checked path rerank()
+    takes (score_validated, sync or async), with the adapter's instruction, and is ranked by the same rank()."""
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode
 
@@ -143,19 +145,24 @@ def test_both_adapters_rank_through_rerank(monkeypatch):
     from qwen3_rerank_integrations.langchain import Qwen3RerankCompressor
     from qwen3_rerank_integrations.llama_index import Qwen3RerankPostprocessor
 
-    seen: list[tuple[str, dict[str, Any]]] = []
-    real_rerank, real_arerank = _ranking.rerank, _ranking.arerank
+    seen: list[tuple[str, Any]] = []
+    real = {name: getattr(_ranking, name) for name in ("score_validated", "ascore_validated", "rank")}
 
-    def spy(scorer, query, documents, **options):
-        seen.append(("rerank", options))
-        return real_rerank(scorer, query, documents, **options)
+    def score_spy(scorer, query, documents, instruction):
+        seen.append(("score", instruction))
+        return real["score_validated"](scorer, query, documents, instruction)
 
-    async def aspy(scorer, query, documents, **options):
-        seen.append(("arerank", options))
-        return await real_arerank(scorer, query, documents, **options)
+    async def ascore_spy(scorer, query, documents, instruction):
+        seen.append(("ascore", instruction))
+        return await real["ascore_validated"](scorer, query, documents, instruction)
 
-    monkeypatch.setattr(_ranking, "rerank", spy)
-    monkeypatch.setattr(_ranking, "arerank", aspy)
+    def rank_spy(scores, **options):
+        seen.append(("rank", options))
+        return real["rank"](scores, **options)
+
+    monkeypatch.setattr(_ranking, "score_validated", score_spy)
+    monkeypatch.setattr(_ranking, "ascore_validated", ascore_spy)
+    monkeypatch.setattr(_ranking, "rank", rank_spy)
     scorer = FixedScorer([0.1, 0.8])
     options = {"top_n": 1, "score_threshold": 0.05, "instruction": "Find the capital"}
     compressor = Qwen3RerankCompressor(scorer=scorer, **options)
@@ -166,5 +173,11 @@ def test_both_adapters_rank_through_rerank(monkeypatch):
     nodes = [NodeWithScore(node=TextNode(text=t)) for t in texts]
     assert postprocessor.postprocess_nodes(nodes, query_str=QUERY)[0].node.get_content() == "Beijing."
     assert len(asyncio.run(postprocessor.apostprocess_nodes(nodes, query_str=QUERY))) == 1
-    assert [name for name, _ in seen] == ["rerank", "arerank", "rerank", "arerank"]
-    assert all(given == options for _, given in seen)
+    ranking = ("rank", {"top_n": 1, "score_threshold": 0.05})
+    call = [("score", "Find the capital"), ranking]
+    acall = [("ascore", "Find the capital"), ranking]
+    assert seen == call + acall + call + acall
+    # rerank() itself takes the same two steps.
+    seen.clear()
+    _ranking.rerank(scorer, QUERY, texts, **options)
+    assert seen == call
