@@ -551,11 +551,12 @@ import os, signal, sys
 from qwen3_rerank_integrations.cli import main
 from qwen3_rerank_integrations.local import LocalScorer
 
-kill_after, calls, score = int(os.environ["KILL_AFTER_CALLS"]), 0, LocalScorer.score
+kill_after, calls, score = int(os.environ["KILL_AFTER_CALLS"]), 0, LocalScorer._score_texts
 
 
 def killing_score(self, *args, **kwargs):
-    # The cache calls the model once per (query, instruction) it lacks: die, as a crash or an OOM kill would,
+    # The backend hook every path reaches (score(), or score_validated from the batch runner). The cache calls
+    # the model once per (query, instruction) it lacks: die, as a crash or an OOM kill would,
     # when the next one starts. What the earlier calls scored must already be on disk.
     global calls
     calls += 1
@@ -564,7 +565,7 @@ def killing_score(self, *args, **kwargs):
     return score(self, *args, **kwargs)
 
 
-LocalScorer.score = killing_score
+LocalScorer._score_texts = killing_score
 sys.argv[0] = "qwen3-rerank"
 main()
 """
