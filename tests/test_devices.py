@@ -12,10 +12,17 @@ from qwen3_rerank_integrations import DeviceNotAvailableError, LocalScorer, devi
 from qwen3_rerank_integrations.devices import resolve_device, resolve_dtype
 
 
+# The renaming below cannot be undone in this process, and torch then looks for `torch.npu` whenever it asks for
+# the current accelerator (torch.compile does, in later tests): an NPU module that reports no device stays behind.
+_NO_NPU = types.SimpleNamespace(is_available=lambda: False, device_count=lambda: 0, is_bf16_supported=lambda: False)
+
+
 def _register_npu_device_type() -> None:
     # What torch_npu does on import: torch.device("npu") only parses once privateuse1 is named "npu".
     if torch._C._get_privateuse1_backend_name() != "npu":
         torch.utils.rename_privateuse1_backend("npu")
+    if getattr(torch, "npu", None) is None:
+        torch.npu = _NO_NPU  # type: ignore[attr-defined]
 
 
 @pytest.fixture
